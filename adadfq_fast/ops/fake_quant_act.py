@@ -1,0 +1,64 @@
+"""``adadfq::fake_quant_act``: the original QuantAct: EMA range update, then quantization.
+
+``state`` is a float32 tensor ``[x_min, x_max, beta_t]`` (start: ``[0, 0, 1]``). With ``update=True`` it is
+updated exactly as the spec says (compounding bias correction) from this batch's min/max (one pass), then ``x``
+is quantized over the new range (a second pass). Gradient: straight-through identity to ``x``.
+
+The op itself is functional (returns ``(out, new_state)``) because PyTorch cannot attach an autograd formula to
+a mutating custom op; :func:`fake_quant_act` copies ``new_state`` back into ``state``, so callers see an
+in-place update.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _backend
+from . import _checks
+
+
+def _check(x: Tensor, bits: int, state: Tensor, beta: float) -> None:
+    _checks.check_float("x", x)
+    _checks.check_bits(bits)
+    _checks.check_state(state, x)
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta: expected a momentum in [0, 1), got {beta!r}")
+
+
+@torch.library.custom_op("adadfq::fake_quant_act", mutates_args=())
+def fake_quant_act_op(x: Tensor, bits: int, state: Tensor, beta: float, update: bool) -> Tuple[Tensor, Tensor]:
+    _check(x, bits, state, beta)
+    if x.numel() == 0:
+        return torch.empty_like(x), state.clone()
+    if not update:
+        _checks.check_range_values(state[0], state[1], "state[0] (x_min)", "state[1] (x_max)")
+    return _backend.kernel_for("fake_quant_act", x.device)(_checks.dense(x), bits, state, beta, update)
+
+
+@fake_quant_act_op.register_fake
+def _(x, bits, state, beta, update):
+    _check(x, bits, state, beta)
+    return torch.empty_like(x), torch.empty_like(state)
+
+
+def _backward(ctx, grad, grad_state):
+    return grad, None, None, None, None
+
+
+fake_quant_act_op.register_autograd(_backward)
+
+
+def new_act_state(device=None) -> Tensor:
+    """A fresh range state ``[x_min, x_max, beta_t] = [0, 0, 1]``."""
+    return torch.tensor([0.0, 0.0, 1.0], dtype=torch.float32, device=device)
+
+
+def fake_quant_act(x: Tensor, bits: int, state: Tensor, beta: float = 0.9, update: bool = True) -> Tensor:
+    """Quantize an activation per tensor, updating the running range ``state`` in place when ``update``."""
+    out, new_state = fake_quant_act_op(x, bits, state, float(beta), bool(update))
+    if update:
+        with torch.no_grad():
+            state.copy_(new_state)
+    return out

@@ -1,0 +1,63 @@
+"""``adadfq::adadfq_student_loss``: L_Q = -T^2 mean_i entropy(softmax((t_i - s_i) / T)), t constant.
+
+Forward returns ``row_stats = [H; lse((t - s) / T)]`` (float32 [2, B]) for the fused backward
+(``adadfq::adadfq_student_loss_backward``), which writes the gradient to ``s`` in one pass.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _backend
+from . import _checks
+
+
+def _check(t: Tensor, s: Tensor, temperature: float) -> None:
+    _checks.check_logits(t, s)
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
+
+
+@torch.library.custom_op("adadfq::adadfq_student_loss", mutates_args=())
+def student_loss_op(t: Tensor, s: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
+    _check(t, s, temperature)
+    return _backend.kernel_for("student_loss", t.device)(t.contiguous(), s.contiguous(), temperature)
+
+
+@student_loss_op.register_fake
+def _(t, s, temperature):
+    _check(t, s, temperature)
+    return torch.empty((), dtype=torch.float32, device=t.device), torch.empty(
+        (2, t.shape[0]), dtype=torch.float32, device=t.device
+    )
+
+
+@torch.library.custom_op("adadfq::adadfq_student_loss_backward", mutates_args=())
+def student_loss_backward_op(grad: Tensor, t: Tensor, s: Tensor, row_stats: Tensor, temperature: float) -> Tensor:
+    return _backend.kernel_for("student_loss_backward", t.device)(grad, t, s, row_stats, temperature)
+
+
+@student_loss_backward_op.register_fake
+def _(grad, t, s, row_stats, temperature):
+    return torch.empty_like(s)
+
+
+def _setup_context(ctx, inputs, output):
+    t, s, ctx.temperature = inputs
+    ctx.save_for_backward(t.contiguous(), s.contiguous(), output[1])
+
+
+def _backward(ctx, grad_loss, grad_row_stats):
+    t, s, row_stats = ctx.saved_tensors
+    return None, student_loss_backward_op(grad_loss, t, s, row_stats, ctx.temperature), None
+
+
+student_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def adadfq_student_loss(t: Tensor, s: Tensor, T: float = 20.0) -> Tensor:
+    """L_Q for teacher logits ``t`` (treated as constant) and student logits ``s``; gradient to ``s`` only."""
+    loss, _ = student_loss_op(t, s, float(T))
+    return loss

@@ -1,0 +1,308 @@
+"""Pure-PyTorch AdaDFQ math, written line by line from ``shared/spec/adadfq.md``.
+
+This module has two jobs:
+
+* **The oracle.** The spec-level functions (``fake_quant``, ``fake_quant_weight``, ``fake_quant_act``,
+  ``bn_stat_loss``, ``adadfq_generator_loss``, ``adadfq_student_loss``) are ordinary differentiable
+  PyTorch code. Tests compare every backend's values against them, and every backend's gradients against
+  autograd *through* them, so a hand-derived backward formula is never its own judge.
+* **The fallback backend.** The ``*_forward`` / ``*_backward`` functions at the bottom have exactly the
+  signatures of the native kernels (``adadfq_native::*``); they are what the ``reference`` backend runs
+  when no compiled kernel is available. The backward formulas are written out explicitly (autograd does not
+  run inside a custom op's kernel) and are tested against autograd of the spec functions.
+
+All arithmetic is float32 whatever the input dtype; the float32 expression order here is the contract
+that the C++, CUDA and Triton kernels reproduce bit for bit (fake-quant) or to rounding (reductions).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+# Smallest range width; keeps the scale finite for constant tensors (spec: max(hi - lo, 1e-8)).
+RANGE_EPS = 1e-8
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Quantizer
+# ----------------------------------------------------------------------------------------------------------
+def quant_params(bits: int, lo: Tensor, hi: Tensor) -> Tuple[Tensor, Tensor]:
+    """Scale and zero point of the spec's asymmetric quantizer, in float32."""
+    lo = lo.float()
+    hi = hi.float()
+    # Written as the original's `n / clamp(...)` evaluates: Python's int / Tensor is Tensor.__rtruediv__, which
+    # PyTorch computes as reciprocal(...) * n (two roundings). The kernels follow this order exactly.
+    scale = torch.reciprocal(torch.clamp(hi - lo, min=RANGE_EPS)) * (2**bits - 1)
+    zero_point = torch.round(scale * lo) + 2 ** (bits - 1)
+    return scale, zero_point
+
+
+def quant_levels(x: Tensor, bits: int, scale: Tensor, zero_point: Tensor) -> Tensor:
+    """Integer levels q in [-2^(k-1), 2^(k-1)-1] (as float32), half-to-even rounding."""
+    return torch.clamp(torch.round(scale * x.float() - zero_point), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
+def _broadcast_range(t: Tensor, x: Tensor, axis: Optional[int]) -> Tensor:
+    if axis is None or t.dim() == 0:
+        return t.reshape(())
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+def _quantize_dequantize(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: Optional[int]) -> Tensor:
+    scale, zero_point = quant_params(bits, lo, hi)
+    scale = _broadcast_range(scale, x, axis)
+    zero_point = _broadcast_range(zero_point, x, axis)
+    q = quant_levels(x, bits, scale, zero_point)
+    return ((q + zero_point) / scale).to(x.dtype)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the quantizer. Backward: identity to ``x`` (faithful STE, no clipping mask)."""
+
+    @staticmethod
+    def forward(ctx, x, bits, lo, hi, axis):
+        return _quantize_dequantize(x, bits, lo, hi, axis)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None, None
+
+
+def fake_quant(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: Optional[int] = None) -> Tensor:
+    """Spec quantizer with a given range; per tensor (0-d lo/hi) or per channel along ``axis``."""
+    return _StraightThrough.apply(x, bits, lo.detach(), hi.detach(), axis)
+
+
+def weight_range(w: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-output-channel (dim 0) min and max, recomputed at every forward."""
+    flat = w.detach().float().reshape(w.shape[0], -1)
+    return flat.amin(dim=1), flat.amax(dim=1)
+
+
+def fake_quant_weight(w: Tensor, bits: int) -> Tensor:
+    lo, hi = weight_range(w)
+    return fake_quant(w, bits, lo, hi, axis=0)
+
+
+def ema_range_update(state: Tensor, x: Tensor, beta: float) -> None:
+    """The original QuantAct update, in place on ``state = [x_min, x_max, beta_t]`` (float32).
+
+    The bias correction divides the *stored* value, so it compounds (spec: faithful behaviour).
+    ``beta`` and ``1 - beta`` are rounded to float32 separately, as the original's Python floats are when
+    they meet a float32 tensor. An empty ``x`` leaves the state untouched.
+    """
+    if x.numel() == 0:
+        return
+    b = torch.tensor(beta, dtype=torch.float32, device=state.device)
+    one_minus_b = torch.tensor(1.0 - beta, dtype=torch.float32, device=state.device)
+    xf = x.detach().float()
+    beta_t = state[2] * b
+    denom = 1.0 - beta_t
+    new_min = (state[0] * b + xf.min() * one_minus_b) / denom
+    new_max = (state[1] * b + xf.max() * one_minus_b) / denom
+    state.copy_(torch.stack([new_min, new_max, beta_t]))
+
+
+def fake_quant_act(x: Tensor, bits: int, state: Tensor, beta: float = 0.9, update: bool = True) -> Tensor:
+    if update:
+        ema_range_update(state, x, beta)
+    return fake_quant(x, bits, state[0], state[1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# L_BNS
+# ----------------------------------------------------------------------------------------------------------
+def _bn_reduce_dims(x: Tensor) -> Tuple[int, ...]:
+    return tuple(d for d in range(x.dim()) if d != 1)
+
+
+def bn_stat_loss(feats: Sequence[Tensor], running_means: Sequence[Tensor], running_vars: Sequence[Tensor]) -> Tensor:
+    """(1/L) sum_l [ mean_c (mu_c - rm_c)^2 + mean_c (var_c - rv_c)^2 ], biased var over all dims but 1."""
+    terms = []
+    for x, rm, rv in zip(feats, running_means, running_vars):
+        xf = x.float()
+        dims = _bn_reduce_dims(xf)
+        mu = xf.mean(dim=dims)
+        var = xf.var(dim=dims, unbiased=False)
+        terms.append(((mu - rm.float()) ** 2).mean() + ((var - rv.float()) ** 2).mean())
+    return torch.stack(terms).sum() / len(terms)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AdaDFQ losses
+# ----------------------------------------------------------------------------------------------------------
+def row_entropy(logits: Tensor) -> Tensor:
+    """Entropy (natural log) of softmax over the last dim, per row."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def normalized_entropy(h: Tensor, num_classes: int) -> Tensor:
+    """H' = (H - min H) / (ln C - min H); the batch minimum is NOT detached (spec)."""
+    h_min = h.amin()
+    return (h - h_min) / (math.log(num_classes) - h_min)
+
+
+def adadfq_generator_loss(
+    t: Tensor,
+    s: Tensor,
+    y: Tensor,
+    lambda_l: float = 0.1,
+    lambda_u: float = 0.8,
+    alpha_ds: float = 0.2,
+    alpha_as: float = 0.1,
+) -> Tuple[Tensor, Tensor]:
+    """Returns (L_margin, L_bal) of the generator objective, any batch size."""
+    t = t.float()
+    s = s.float()
+    h_norm = normalized_entropy(row_entropy(t - s), t.shape[1])
+    l_margin = torch.relu(lambda_l - h_norm).mean() + torch.relu(h_norm - lambda_u).mean()
+    l_bal = alpha_ds * torch.nn.functional.cross_entropy(t - s, y) + alpha_as * torch.nn.functional.cross_entropy(
+        t + s, y
+    )
+    return l_margin, l_bal
+
+
+def adadfq_student_loss(t: Tensor, s: Tensor, temperature: float = 20.0) -> Tensor:
+    """L_Q = -T^2 mean_i entropy(softmax((t_i - s_i) / T)), with t treated as a constant."""
+    d = (t.detach().float() - s.float()) / temperature
+    return -(temperature**2) * row_entropy(d).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernel-shaped fallbacks: same signatures as the native kernels (see adadfq_fast/ops/native.py).
+# ----------------------------------------------------------------------------------------------------------
+def fake_quant_forward(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int) -> Tensor:
+    return _quantize_dequantize(x, bits, lo, hi, None if axis < 0 else axis)
+
+
+def fake_quant_weight_forward(w: Tensor, bits: int) -> Tensor:
+    lo, hi = weight_range(w)
+    return _quantize_dequantize(w, bits, lo, hi, 0)
+
+
+def fake_quant_act_forward(x: Tensor, bits: int, state: Tensor, beta: float, update: bool) -> Tuple[Tensor, Tensor]:
+    """Returns (out, new_state); ``state`` itself is left untouched."""
+    new_state = state.clone()
+    if update:
+        ema_range_update(new_state, x, beta)
+    return _quantize_dequantize(x, bits, new_state[0], new_state[1], None), new_state
+
+
+def bn_stat_loss_forward(
+    feats: List[Tensor], running_means: List[Tensor], running_vars: List[Tensor]
+) -> Tuple[Tensor, Tensor]:
+    """Returns (loss, stats) with stats = [mean; biased var] of every layer, concatenated: float32 [2, sum C]."""
+    means, variances = [], []
+    for x in feats:
+        xf = x.float()
+        dims = _bn_reduce_dims(xf)
+        means.append(xf.mean(dim=dims))
+        variances.append(xf.var(dim=dims, unbiased=False))
+    terms = [
+        ((mu - rm.float()) ** 2).mean() + ((var - rv.float()) ** 2).mean()
+        for mu, var, rm, rv in zip(means, variances, running_means, running_vars)
+    ]
+    loss = torch.stack(terms).sum() / len(terms)
+    return loss, torch.stack([torch.cat(means), torch.cat(variances)])
+
+
+def bn_stat_loss_backward(
+    grad: Tensor, feats: List[Tensor], running_means: List[Tensor], running_vars: List[Tensor], stats: Tensor
+) -> List[Tensor]:
+    """dL/dx = g/L * [ 2 (mu - rm) / (C M) + 4 (var - rv) (x - mu) / (C M) ],  M = elements per channel."""
+    num_layers = len(feats)
+    grads = []
+    offset = 0
+    for x, rm, rv in zip(feats, running_means, running_vars):
+        c = x.shape[1]
+        mu = stats[0, offset : offset + c]
+        var = stats[1, offset : offset + c]
+        offset += c
+        m = x.numel() // max(c, 1)
+        coef = grad.float() / (num_layers * c * m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        a = (2.0 * coef * (mu - rm.float())).reshape(shape)
+        b = (4.0 * coef * (var - rv.float())).reshape(shape)
+        grads.append((a + b * (x.float() - mu.reshape(shape))).to(x.dtype))
+    return grads
+
+
+def generator_loss_forward(
+    t: Tensor, s: Tensor, y: Tensor, lambda_l: float, lambda_u: float, alpha_ds: float, alpha_as: float
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Returns (L_margin, L_bal, row_stats) with row_stats = [H; lse(t - s); lse(t + s)], float32 [3, B]."""
+    tf, sf = t.float(), s.float()
+    d, a = tf - sf, tf + sf
+    lse_d = torch.logsumexp(d, dim=1)
+    lse_a = torch.logsumexp(a, dim=1)
+    h = row_entropy(d)
+    l_margin, l_bal = adadfq_generator_loss(tf, sf, y, lambda_l, lambda_u, alpha_ds, alpha_as)
+    return l_margin, l_bal, torch.stack([h, lse_d, lse_a])
+
+
+def _entropy_grad(p: Tensor, logp: Tensor, h: Tensor) -> Tensor:
+    """dH/dlogits for H = -sum p log p: -p (log p + H)."""
+    return -p * (logp + h[:, None])
+
+
+def generator_loss_backward(
+    grad_margin: Tensor,
+    grad_bal: Tensor,
+    t: Tensor,
+    s: Tensor,
+    y: Tensor,
+    row_stats: Tensor,
+    lambda_l: float,
+    lambda_u: float,
+    alpha_ds: float,
+    alpha_as: float,
+) -> Tuple[Tensor, Tensor]:
+    """Gradients of g_m * L_margin + g_b * L_bal with respect to t and s.
+
+    The batch minimum of H is not detached, so the sample(s) holding it receive the extra term
+    sum_i m_i (H_i - ln C) / D^2 (split evenly among ties, as torch.amin's backward does), with
+    D = ln C - min H and m_i = dL_margin/dH'_i.
+    """
+    tf, sf = t.float(), s.float()
+    batch, num_classes = tf.shape
+    h, lse_d, lse_a = row_stats[0], row_stats[1], row_stats[2]
+    h_min = h.amin()
+    denom = math.log(num_classes) - h_min
+    h_norm = (h - h_min) / denom
+    m = ((h_norm - lambda_u > 0).float() - (lambda_l - h_norm > 0).float()) / batch
+    is_min = (h == h_min).float()
+    dh = m / denom + is_min / is_min.sum() * (m * (h - math.log(num_classes))).sum() / denom**2
+    d, a = tf - sf, tf + sf
+    logp_d = d - lse_d[:, None]
+    p_d = logp_d.exp()
+    p_a = (a - lse_a[:, None]).exp()
+    onehot = torch.nn.functional.one_hot(y, num_classes).float()
+    grad_d = grad_margin.float() * dh[:, None] * _entropy_grad(p_d, logp_d, h)
+    grad_d = grad_d + grad_bal.float() * alpha_ds / batch * (p_d - onehot)
+    grad_a = grad_bal.float() * alpha_as / batch * (p_a - onehot)
+    return (grad_d + grad_a).to(t.dtype), (grad_a - grad_d).to(s.dtype)
+
+
+def student_loss_forward(t: Tensor, s: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
+    """Returns (L_Q, row_stats) with row_stats = [H; lse((t - s) / T)], float32 [2, B]."""
+    d = (t.float() - s.float()) / temperature
+    h = row_entropy(d)
+    loss = -(temperature**2) * h.mean()
+    return loss, torch.stack([h, torch.logsumexp(d, dim=1)])
+
+
+def student_loss_backward(grad: Tensor, t: Tensor, s: Tensor, row_stats: Tensor, temperature: float) -> Tensor:
+    """dL_Q/ds = -T^2/B * dH/dd * (-1/T) = T/B * (-p (log p + H)) ... times the upstream gradient."""
+    d = (t.float() - s.float()) / temperature
+    h, lse = row_stats[0], row_stats[1]
+    logp = d - lse[:, None]
+    p = logp.exp()
+    batch = t.shape[0]
+    grad_s = grad.float() * (temperature / batch) * _entropy_grad(p, logp, h)
+    return grad_s.to(s.dtype)
