@@ -36,6 +36,8 @@ _UNAVAILABLE: Dict[str, Optional[str]] = {name: "not loaded" for name in BACKEND
 _UNAVAILABLE["reference"] = None
 
 _local = threading.local()
+# Triton reads this once too (when kernels are decorated), so a later change would not take effect anyway.
+_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _check_choice(name: str) -> str:
@@ -61,11 +63,15 @@ def set_backend(name: str) -> None:
     _global_choice = _check_choice(name)
 
 
+# ADADFQ_BACKEND is read once, at import: reading the environment on every op call costs more than small kernels.
+_ENV_CHOICE = _env_default()
+
+
 def current_backend() -> str:
     stack: List[str] = getattr(_local, "stack", [])
     if stack:
         return stack[-1]
-    return _global_choice or _env_default()
+    return _global_choice or _ENV_CHOICE
 
 
 @contextlib.contextmanager
@@ -107,7 +113,7 @@ def why_unavailable(backend: str, device_type: str) -> Optional[str]:
     if backend == "cuda" and device_type != "cuda":
         return f"the cuda backend runs on CUDA tensors, got {device_type} tensors"
     if backend == "triton" and device_type != "cuda":
-        if device_type != "cpu" or os.environ.get("TRITON_INTERPRET") != "1":
+        if device_type != "cpu" or not _TRITON_INTERPRET:
             return f"the triton backend runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1; got {device_type} tensors"
     return None
 

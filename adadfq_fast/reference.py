@@ -22,6 +22,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+def _acc(x: Tensor) -> Tensor:
+    """Computation dtype: float32, except that float64 stays float64 (so gradcheck can test the formulas)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 # Smallest range width; keeps the scale finite for constant tensors (spec: max(hi - lo, 1e-8)).
 RANGE_EPS = 1e-8
 
@@ -125,11 +130,11 @@ def bn_stat_loss(feats: Sequence[Tensor], running_means: Sequence[Tensor], runni
     """(1/L) sum_l [ mean_c (mu_c - rm_c)^2 + mean_c (var_c - rv_c)^2 ], biased var over all dims but 1."""
     terms = []
     for x, rm, rv in zip(feats, running_means, running_vars):
-        xf = x.float()
+        xf = _acc(x)
         dims = _bn_reduce_dims(xf)
         mu = xf.mean(dim=dims)
         var = xf.var(dim=dims, unbiased=False)
-        terms.append(((mu - rm.float()) ** 2).mean() + ((var - rv.float()) ** 2).mean())
+        terms.append(((mu - _acc(rm)) ** 2).mean() + ((var - _acc(rv)) ** 2).mean())
     return torch.stack(terms).sum() / len(terms)
 
 
@@ -158,8 +163,8 @@ def adadfq_generator_loss(
     alpha_as: float = 0.1,
 ) -> Tuple[Tensor, Tensor]:
     """Returns (L_margin, L_bal) of the generator objective, any batch size."""
-    t = t.float()
-    s = s.float()
+    t = _acc(t)
+    s = _acc(s)
     h_norm = normalized_entropy(row_entropy(t - s), t.shape[1])
     l_margin = torch.relu(lambda_l - h_norm).mean() + torch.relu(h_norm - lambda_u).mean()
     l_bal = alpha_ds * torch.nn.functional.cross_entropy(t - s, y) + alpha_as * torch.nn.functional.cross_entropy(
@@ -170,7 +175,7 @@ def adadfq_generator_loss(
 
 def adadfq_student_loss(t: Tensor, s: Tensor, temperature: float = 20.0) -> Tensor:
     """L_Q = -T^2 mean_i entropy(softmax((t_i - s_i) / T)), with t treated as a constant."""
-    d = (t.detach().float() - s.float()) / temperature
+    d = (_acc(t.detach()) - _acc(s)) / temperature
     return -(temperature**2) * row_entropy(d).mean()
 
 
@@ -200,12 +205,12 @@ def bn_stat_loss_forward(
     """Returns (loss, stats) with stats = [mean; biased var] of every layer, concatenated: float32 [2, sum C]."""
     means, variances = [], []
     for x in feats:
-        xf = x.float()
+        xf = _acc(x)
         dims = _bn_reduce_dims(xf)
         means.append(xf.mean(dim=dims))
         variances.append(xf.var(dim=dims, unbiased=False))
     terms = [
-        ((mu - rm.float()) ** 2).mean() + ((var - rv.float()) ** 2).mean()
+        ((mu - _acc(rm)) ** 2).mean() + ((var - _acc(rv)) ** 2).mean()
         for mu, var, rm, rv in zip(means, variances, running_means, running_vars)
     ]
     loss = torch.stack(terms).sum() / len(terms)
@@ -225,11 +230,11 @@ def bn_stat_loss_backward(
         var = stats[1, offset : offset + c]
         offset += c
         m = x.numel() // max(c, 1)
-        coef = grad.float() / (num_layers * c * m)
+        coef = _acc(grad) / (num_layers * c * m)
         shape = [1, c] + [1] * (x.dim() - 2)
-        a = (2.0 * coef * (mu - rm.float())).reshape(shape)
-        b = (4.0 * coef * (var - rv.float())).reshape(shape)
-        grads.append((a + b * (x.float() - mu.reshape(shape))).to(x.dtype))
+        a = (2.0 * coef * (mu - _acc(rm))).reshape(shape)
+        b = (4.0 * coef * (var - _acc(rv))).reshape(shape)
+        grads.append((a + b * (_acc(x) - mu.reshape(shape))).to(x.dtype))
     return grads
 
 
@@ -237,7 +242,7 @@ def generator_loss_forward(
     t: Tensor, s: Tensor, y: Tensor, lambda_l: float, lambda_u: float, alpha_ds: float, alpha_as: float
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Returns (L_margin, L_bal, row_stats) with row_stats = [H; lse(t - s); lse(t + s)], float32 [3, B]."""
-    tf, sf = t.float(), s.float()
+    tf, sf = _acc(t), _acc(s)
     d, a = tf - sf, tf + sf
     lse_d = torch.logsumexp(d, dim=1)
     lse_a = torch.logsumexp(a, dim=1)
@@ -269,29 +274,29 @@ def generator_loss_backward(
     sum_i m_i (H_i - ln C) / D^2 (split evenly among ties, as torch.amin's backward does), with
     D = ln C - min H and m_i = dL_margin/dH'_i.
     """
-    tf, sf = t.float(), s.float()
+    tf, sf = _acc(t), _acc(s)
     batch, num_classes = tf.shape
     h, lse_d, lse_a = row_stats[0], row_stats[1], row_stats[2]
     h_min = h.amin()
     denom = math.log(num_classes) - h_min
     h_norm = (h - h_min) / denom
-    m = ((h_norm - lambda_u > 0).float() - (lambda_l - h_norm > 0).float()) / batch
-    is_min = (h == h_min).float()
+    m = ((h_norm - lambda_u > 0).to(tf.dtype) - (lambda_l - h_norm > 0).to(tf.dtype)) / batch
+    is_min = (h == h_min).to(tf.dtype)
     dh = m / denom + is_min / is_min.sum() * (m * (h - math.log(num_classes))).sum() / denom**2
     d, a = tf - sf, tf + sf
     logp_d = d - lse_d[:, None]
     p_d = logp_d.exp()
     p_a = (a - lse_a[:, None]).exp()
-    onehot = torch.nn.functional.one_hot(y, num_classes).float()
-    grad_d = grad_margin.float() * dh[:, None] * _entropy_grad(p_d, logp_d, h)
-    grad_d = grad_d + grad_bal.float() * alpha_ds / batch * (p_d - onehot)
-    grad_a = grad_bal.float() * alpha_as / batch * (p_a - onehot)
+    onehot = torch.nn.functional.one_hot(y, num_classes).to(tf.dtype)
+    grad_d = _acc(grad_margin) * dh[:, None] * _entropy_grad(p_d, logp_d, h)
+    grad_d = grad_d + _acc(grad_bal) * alpha_ds / batch * (p_d - onehot)
+    grad_a = _acc(grad_bal) * alpha_as / batch * (p_a - onehot)
     return (grad_d + grad_a).to(t.dtype), (grad_a - grad_d).to(s.dtype)
 
 
 def student_loss_forward(t: Tensor, s: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
     """Returns (L_Q, row_stats) with row_stats = [H; lse((t - s) / T)], float32 [2, B]."""
-    d = (t.float() - s.float()) / temperature
+    d = (_acc(t) - _acc(s)) / temperature
     h = row_entropy(d)
     loss = -(temperature**2) * h.mean()
     return loss, torch.stack([h, torch.logsumexp(d, dim=1)])
@@ -299,10 +304,10 @@ def student_loss_forward(t: Tensor, s: Tensor, temperature: float) -> Tuple[Tens
 
 def student_loss_backward(grad: Tensor, t: Tensor, s: Tensor, row_stats: Tensor, temperature: float) -> Tensor:
     """dL_Q/ds = -T^2/B * dH/dd * (-1/T) = T/B * (-p (log p + H)) ... times the upstream gradient."""
-    d = (t.float() - s.float()) / temperature
+    d = (_acc(t) - _acc(s)) / temperature
     h, lse = row_stats[0], row_stats[1]
     logp = d - lse[:, None]
     p = logp.exp()
     batch = t.shape[0]
-    grad_s = grad.float() * (temperature / batch) * _entropy_grad(p, logp, h)
+    grad_s = _acc(grad) * (temperature / batch) * _entropy_grad(p, logp, h)
     return grad_s.to(s.dtype)

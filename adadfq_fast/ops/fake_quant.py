@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
+from ._eager import use_custom_op
 
 
 def _check(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int) -> None:
@@ -36,14 +37,16 @@ def _check(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int) -> None:
             )
 
 
-@torch.library.custom_op("adadfq::fake_quant", mutates_args=())
-def fake_quant_op(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int) -> Tensor:
+def _forward(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int) -> Tensor:
     _check(x, bits, lo, hi, axis)
     _checks.check_range_values(lo, hi)
     if x.numel() == 0:
         return torch.empty_like(x)
     kernel = _backend.kernel_for("fake_quant", x.device)
     return kernel(_checks.dense(x), bits, lo.reshape(-1).contiguous(), hi.reshape(-1).contiguous(), axis)
+
+
+fake_quant_op = torch.library.custom_op("adadfq::fake_quant", _forward, mutates_args=())
 
 
 @fake_quant_op.register_fake
@@ -59,6 +62,11 @@ def _backward(ctx, grad):
 fake_quant_op.register_autograd(_backward)
 
 
+class _EagerFakeQuant(torch.autograd.Function):
+    forward = staticmethod(lambda ctx, *args: _forward(*args))
+    backward = staticmethod(_backward)
+
+
 def _as_range(v: Union[Tensor, float], x: Tensor) -> Tensor:
     return v if isinstance(v, Tensor) else torch.tensor(float(v), dtype=torch.float32, device=x.device)
 
@@ -72,4 +80,6 @@ def fake_quant(
     entries for one range per channel along ``axis``. Straight-through gradient to ``x``.
     """
     _checks.check_float("x", x)
-    return fake_quant_op(x, bits, _as_range(lo, x), _as_range(hi, x), _checks.normalize_axis(axis, x.dim()))
+    lo, hi = _as_range(lo, x), _as_range(hi, x)
+    op = fake_quant_op if use_custom_op(x, lo, hi) else _EagerFakeQuant.apply
+    return op(x, bits, lo, hi, _checks.normalize_axis(axis, x.dim()))

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
+from ._eager import use_custom_op
 
 
 def _check(x: Tensor, bits: int, state: Tensor, beta: float) -> None:
@@ -27,14 +28,16 @@ def _check(x: Tensor, bits: int, state: Tensor, beta: float) -> None:
         raise ValueError(f"beta: expected a momentum in [0, 1), got {beta!r}")
 
 
-@torch.library.custom_op("adadfq::fake_quant_act", mutates_args=())
-def fake_quant_act_op(x: Tensor, bits: int, state: Tensor, beta: float, update: bool) -> Tuple[Tensor, Tensor]:
+def _forward(x: Tensor, bits: int, state: Tensor, beta: float, update: bool) -> Tuple[Tensor, Tensor]:
     _check(x, bits, state, beta)
     if x.numel() == 0:
         return torch.empty_like(x), state.clone()
     if not update:
         _checks.check_range_values(state[0], state[1], "state[0] (x_min)", "state[1] (x_max)")
     return _backend.kernel_for("fake_quant_act", x.device)(_checks.dense(x), bits, state, beta, update)
+
+
+fake_quant_act_op = torch.library.custom_op("adadfq::fake_quant_act", _forward, mutates_args=())
 
 
 @fake_quant_act_op.register_fake
@@ -50,6 +53,16 @@ def _backward(ctx, grad, grad_state):
 fake_quant_act_op.register_autograd(_backward)
 
 
+class _EagerFakeQuantAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *args):
+        out, new_state = _forward(*args)
+        ctx.mark_non_differentiable(new_state)
+        return out, new_state
+
+    backward = staticmethod(_backward)
+
+
 def new_act_state(device=None) -> Tensor:
     """A fresh range state ``[x_min, x_max, beta_t] = [0, 0, 1]``."""
     return torch.tensor([0.0, 0.0, 1.0], dtype=torch.float32, device=device)
@@ -57,7 +70,8 @@ def new_act_state(device=None) -> Tensor:
 
 def fake_quant_act(x: Tensor, bits: int, state: Tensor, beta: float = 0.9, update: bool = True) -> Tensor:
     """Quantize an activation per tensor, updating the running range ``state`` in place when ``update``."""
-    out, new_state = fake_quant_act_op(x, bits, state, float(beta), bool(update))
+    op = fake_quant_act_op if use_custom_op(x, state) else _EagerFakeQuantAct.apply
+    out, new_state = op(x, bits, state, float(beta), bool(update))
     if update:
         with torch.no_grad():
             state.copy_(new_state)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
+from ._eager import use_custom_op
 
 
 def _check(w: Tensor, bits: int) -> None:
@@ -19,12 +20,14 @@ def _check(w: Tensor, bits: int) -> None:
         raise ValueError("w: expected at least 1 dim (output channels first), got a 0-d tensor")
 
 
-@torch.library.custom_op("adadfq::fake_quant_weight", mutates_args=())
-def fake_quant_weight_op(w: Tensor, bits: int) -> Tensor:
+def _forward(w: Tensor, bits: int) -> Tensor:
     _check(w, bits)
     if w.numel() == 0:
         return torch.empty_like(w)
     return _backend.kernel_for("fake_quant_weight", w.device)(_checks.dense(w), bits)
+
+
+fake_quant_weight_op = torch.library.custom_op("adadfq::fake_quant_weight", _forward, mutates_args=())
 
 
 @fake_quant_weight_op.register_fake
@@ -40,6 +43,11 @@ def _backward(ctx, grad):
 fake_quant_weight_op.register_autograd(_backward)
 
 
+class _EagerFakeQuantWeight(torch.autograd.Function):
+    forward = staticmethod(lambda ctx, *args: _forward(*args))
+    backward = staticmethod(_backward)
+
+
 def fake_quant_weight(w: Tensor, bits: int) -> Tensor:
     """Quantize-dequantize a weight per output channel (dim 0) over its own min/max."""
-    return fake_quant_weight_op(w, bits)
+    return (fake_quant_weight_op if use_custom_op(w) else _EagerFakeQuantWeight.apply)(w, bits)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
+from ._eager import use_custom_op
 
 
 def _check(t: Tensor, s: Tensor, y: Tensor) -> None:
@@ -20,14 +21,16 @@ def _check(t: Tensor, s: Tensor, y: Tensor) -> None:
     _checks.check_labels(y, t)
 
 
-@torch.library.custom_op("adadfq::adadfq_generator_loss", mutates_args=())
-def generator_loss_op(
+def _forward(
     t: Tensor, s: Tensor, y: Tensor, lambda_l: float, lambda_u: float, alpha_ds: float, alpha_as: float
 ) -> Tuple[Tensor, Tensor, Tensor]:
     _check(t, s, y)
     _checks.check_label_values(y, t.shape[1])
     kernel = _backend.kernel_for("generator_loss", t.device)
     return kernel(t.contiguous(), s.contiguous(), y.contiguous(), lambda_l, lambda_u, alpha_ds, alpha_as)
+
+
+generator_loss_op = torch.library.custom_op("adadfq::adadfq_generator_loss", _forward, mutates_args=())
 
 
 @generator_loss_op.register_fake
@@ -37,8 +40,7 @@ def _(t, s, y, lambda_l, lambda_u, alpha_ds, alpha_as):
     return scalar, torch.empty_like(scalar), torch.empty((3, t.shape[0]), dtype=torch.float32, device=t.device)
 
 
-@torch.library.custom_op("adadfq::adadfq_generator_loss_backward", mutates_args=())
-def generator_loss_backward_op(
+def _backward_impl(
     grad_margin: Tensor,
     grad_bal: Tensor,
     t: Tensor,
@@ -54,6 +56,11 @@ def generator_loss_backward_op(
     return kernel(grad_margin, grad_bal, t, s, y, row_stats, lambda_l, lambda_u, alpha_ds, alpha_as)
 
 
+generator_loss_backward_op = torch.library.custom_op(
+    "adadfq::adadfq_generator_loss_backward", _backward_impl, mutates_args=()
+)
+
+
 @generator_loss_backward_op.register_fake
 def _(grad_margin, grad_bal, t, s, y, row_stats, lambda_l, lambda_u, alpha_ds, alpha_as):
     return torch.empty_like(t), torch.empty_like(s)
@@ -64,19 +71,34 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(t.contiguous(), s.contiguous(), y.contiguous(), output[2])
 
 
-def _backward(ctx, grad_margin, grad_bal, grad_row_stats):
-    t, s, y, row_stats = ctx.saved_tensors
-    # A loss that did not reach the output gets no gradient: treat it as zero (device-side, no sync).
-    zero = torch.zeros((), dtype=torch.float32, device=t.device)
-    grad_margin = zero if grad_margin is None else grad_margin
-    grad_bal = zero if grad_bal is None else grad_bal
-    grad_t, grad_s = generator_loss_backward_op(
-        grad_margin, grad_bal, t, s, y, row_stats, ctx.lambda_l, ctx.lambda_u, ctx.alpha_ds, ctx.alpha_as
-    )
-    return grad_t, grad_s, None, None, None, None, None
+def _make_backward(backward_fn):
+    def backward(ctx, grad_margin, grad_bal, grad_row_stats):
+        t, s, y, row_stats = ctx.saved_tensors
+        # A loss that did not reach the output gets no gradient: treat it as zero (device-side, no sync).
+        zero = torch.zeros((), dtype=torch.float32, device=t.device)
+        grad_margin = zero if grad_margin is None else grad_margin
+        grad_bal = zero if grad_bal is None else grad_bal
+        grad_t, grad_s = backward_fn(
+            grad_margin, grad_bal, t, s, y, row_stats, ctx.lambda_l, ctx.lambda_u, ctx.alpha_ds, ctx.alpha_as
+        )
+        return grad_t, grad_s, None, None, None, None, None
+
+    return backward
 
 
-generator_loss_op.register_autograd(_backward, setup_context=_setup_context)
+generator_loss_op.register_autograd(_make_backward(generator_loss_backward_op), setup_context=_setup_context)
+
+
+class _EagerGeneratorLoss(torch.autograd.Function):
+    # Old-style forward(ctx, ...): the setup_context style re-inspects the signature on every call (~40 us).
+    @staticmethod
+    def forward(ctx, *args):
+        output = _forward(*args)
+        _setup_context(ctx, args, output)
+        ctx.mark_non_differentiable(output[2])
+        return output
+
+    backward = staticmethod(_make_backward(_backward_impl))
 
 
 def adadfq_generator_loss_with_entropy(
@@ -89,9 +111,8 @@ def adadfq_generator_loss_with_entropy(
     alpha_as: float = 0.1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Like :func:`adadfq_generator_loss`, also returning the per-sample entropy H of softmax(t - s)."""
-    margin, bal, row_stats = generator_loss_op(
-        t, s, y, float(lambda_l), float(lambda_u), float(alpha_ds), float(alpha_as)
-    )
+    op = generator_loss_op if use_custom_op(t, s, y) else _EagerGeneratorLoss.apply
+    margin, bal, row_stats = op(t, s, y, float(lambda_l), float(lambda_u), float(alpha_ds), float(alpha_as))
     return margin, bal, row_stats[0]
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks that ship with the package (``adadfq-fast bench ...``); ``benchmarks/`` holds thin entry points."""

@@ -1,0 +1,16 @@
+"""The eager fast path shared by the public ops.
+
+Calling a ``torch.library.custom_op`` costs tens of microseconds of Python (argument flattening, the autograd
+wrapper, two dispatcher hops), which is more than the fused kernels themselves take at the game loop's sizes
+(e.g. both losses at batch 16). So in plain eager mode the public functions call the *same* checked kernels
+through a light ``torch.autograd.Function``; under ``torch.compile``/export tracing, inside a dispatch mode
+(fake tensors, functionalization) or with tensor subclasses, they call the registered custom op, which is what
+those systems understand. Both paths run the same implementation functions; tests compare them.
+"""
+import torch
+
+
+def use_custom_op(*tensors: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return True
+    return any(type(t) is not torch.Tensor for t in tensors)
