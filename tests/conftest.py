@@ -9,6 +9,8 @@ if "TRITON_INTERPRET" not in os.environ:
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
 
+import zlib  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -34,7 +36,11 @@ def cpu_backend(request):
         yield request.param
 
 
+# Change ADADFQ_TEST_SEED to draw fresh inputs everywhere; a failure is reproducible with the same value.
+_SEED_OFFSET = int(os.environ.get("ADADFQ_TEST_SEED", "0"))
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
-    """A different seed per test (derived from its name), so inputs are fresh across tests yet reproducible."""
-    torch.manual_seed(abs(hash(request.node.nodeid)) % (2**31))
+    """A different seed per test (derived from its name), so inputs differ across tests yet are reproducible."""
+    torch.manual_seed((zlib.crc32(request.node.nodeid.encode()) + _SEED_OFFSET) % (2**31))

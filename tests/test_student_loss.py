@@ -21,7 +21,11 @@ def test_value_and_gradient(cpu_backend, dtype, shape, T):
     expected = ref.adadfq_student_loss(tr, sr, T)
     (gsr,) = torch.autograd.grad(expected, sr)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(gs.float(), gsr, rtol=TOL[dtype]["rtol"], atol=gsr.abs().max().item() * 1e-4)
+    # Saturated rows (p near 0 or 1) make the gradient a difference of nearly equal float32 terms of size
+    # ~|d| = |t - s| / T: allow that absolute rounding, scaled by the gradient's T / B factor.
+    d_max = ((tr - sr).abs().max() / T).item()
+    atol = max(gsr.abs().max().item() * 1e-4, T / shape[0] * 2e-6 * (1 + d_max))
+    torch.testing.assert_close(gs.float(), gsr, rtol=TOL[dtype]["rtol"], atol=atol)
     assert gs.dtype == dtype
 
 
