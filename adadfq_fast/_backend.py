@@ -23,6 +23,8 @@ import torch
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 CHOICES = BACKENDS + ("auto",)
+# Backends whose kernels are the compiled adadfq_native ops (which also carry C++ autograd formulas).
+NATIVE_BACKENDS = ("cpp", "cuda")
 
 # Preference of ``auto`` per device type: fastest first (measured in benchmarks/, see README).
 AUTO_ORDER = {

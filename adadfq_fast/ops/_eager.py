@@ -14,3 +14,17 @@ def use_custom_op(*tensors: torch.Tensor) -> bool:
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
         return True
     return any(type(t) is not torch.Tensor for t in tensors)
+
+
+def native_kernel(kernel: str, device: torch.device):
+    """The kernel-level native op when a compiled backend (cpp, cuda) serves ``kernel`` on ``device``, else None.
+
+    The native ops carry their own C++ autograd formulas (csrc/cpu/autograd.cpp), so calling one directly is the
+    whole eager forward, and its backward runs without Python.
+    """
+    from .. import _backend
+    from .native import native_op
+
+    if _backend.resolve(kernel, device) in _backend.NATIVE_BACKENDS:
+        return native_op(kernel)
+    return None

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
-from ._eager import use_custom_op
+from ._eager import native_kernel, use_custom_op
 
 
 def _check(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int) -> None:
@@ -37,13 +37,18 @@ def _check(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int) -> None:
             )
 
 
-def _forward(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int) -> Tensor:
+def _prepare(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int):
+    """Checks, then the kernel's arguments (x dense, ranges flat)."""
     _check(x, bits, lo, hi, axis)
     _checks.check_range_values(lo, hi)
+    return _checks.dense(x), bits, lo.reshape(-1).contiguous(), hi.reshape(-1).contiguous(), axis
+
+
+def _forward(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int) -> Tensor:
+    args = _prepare(x, bits, lo, hi, axis)
     if x.numel() == 0:
         return torch.empty_like(x)
-    kernel = _backend.kernel_for("fake_quant", x.device)
-    return kernel(_checks.dense(x), bits, lo.reshape(-1).contiguous(), hi.reshape(-1).contiguous(), axis)
+    return _backend.kernel_for("fake_quant", x.device)(*args)
 
 
 fake_quant_op = torch.library.custom_op("adadfq::fake_quant", _forward, mutates_args=())
@@ -81,5 +86,10 @@ def fake_quant(
     """
     _checks.check_float("x", x)
     lo, hi = _as_range(lo, x), _as_range(hi, x)
-    op = fake_quant_op if use_custom_op(x, lo, hi) else _EagerFakeQuant.apply
-    return op(x, bits, lo, hi, _checks.normalize_axis(axis, x.dim()))
+    args = (x, bits, lo, hi, _checks.normalize_axis(axis, x.dim()))
+    if use_custom_op(x, lo, hi):
+        return fake_quant_op(*args)
+    native = native_kernel("fake_quant", x.device)
+    if native is not None and x.numel() > 0:
+        return native(*_prepare(*args))
+    return _EagerFakeQuant.apply(*args)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
-from ._eager import use_custom_op
+from ._eager import native_kernel, use_custom_op
 
 
 def _check(x: Tensor, bits: int, state: Tensor, beta: float) -> None:
@@ -28,13 +28,19 @@ def _check(x: Tensor, bits: int, state: Tensor, beta: float) -> None:
         raise ValueError(f"beta: expected a momentum in [0, 1), got {beta!r}")
 
 
-def _forward(x: Tensor, bits: int, state: Tensor, beta: float, update: bool) -> Tuple[Tensor, Tensor]:
+def _prepare(x: Tensor, bits: int, state: Tensor, beta: float, update: bool):
+    """Checks, then the kernel's arguments."""
     _check(x, bits, state, beta)
-    if x.numel() == 0:
-        return torch.empty_like(x), state.clone()
     if not update:
         _checks.check_range_values(state[0], state[1], "state[0] (x_min)", "state[1] (x_max)")
-    return _backend.kernel_for("fake_quant_act", x.device)(_checks.dense(x), bits, state, beta, update)
+    return _checks.dense(x), bits, state, beta, update
+
+
+def _forward(x: Tensor, bits: int, state: Tensor, beta: float, update: bool) -> Tuple[Tensor, Tensor]:
+    args = _prepare(x, bits, state, beta, update)
+    if x.numel() == 0:
+        return torch.empty_like(x), state.clone()
+    return _backend.kernel_for("fake_quant_act", x.device)(*args)
 
 
 fake_quant_act_op = torch.library.custom_op("adadfq::fake_quant_act", _forward, mutates_args=())
@@ -70,8 +76,13 @@ def new_act_state(device=None) -> Tensor:
 
 def fake_quant_act(x: Tensor, bits: int, state: Tensor, beta: float = 0.9, update: bool = True) -> Tensor:
     """Quantize an activation per tensor, updating the running range ``state`` in place when ``update``."""
-    op = fake_quant_act_op if use_custom_op(x, state) else _EagerFakeQuantAct.apply
-    out, new_state = op(x, bits, state, float(beta), bool(update))
+    args = (x, bits, state, float(beta), bool(update))
+    native = None if use_custom_op(x, state) else native_kernel("fake_quant_act", x.device)
+    if native is not None and x.numel() > 0:
+        out, new_state = native(*_prepare(*args))
+    else:
+        op = fake_quant_act_op if use_custom_op(x, state) else _EagerFakeQuantAct.apply
+        out, new_state = op(*args)
     if update:
         with torch.no_grad():
             state.copy_(new_state)

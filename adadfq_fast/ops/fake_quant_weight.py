@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
-from ._eager import use_custom_op
+from ._eager import native_kernel, use_custom_op
 
 
 def _check(w: Tensor, bits: int) -> None:
@@ -50,4 +50,10 @@ class _EagerFakeQuantWeight(torch.autograd.Function):
 
 def fake_quant_weight(w: Tensor, bits: int) -> Tensor:
     """Quantize-dequantize a weight per output channel (dim 0) over its own min/max."""
-    return (fake_quant_weight_op if use_custom_op(w) else _EagerFakeQuantWeight.apply)(w, bits)
+    if use_custom_op(w):
+        return fake_quant_weight_op(w, bits)
+    native = native_kernel("fake_quant_weight", w.device)
+    if native is not None and w.numel() > 0:
+        _check(w, bits)
+        return native(_checks.dense(w), bits)
+    return _EagerFakeQuantWeight.apply(w, bits)

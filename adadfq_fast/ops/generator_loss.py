@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
-from ._eager import use_custom_op
+from ._eager import native_kernel, use_custom_op
 
 
 def _check(t: Tensor, s: Tensor, y: Tensor) -> None:
@@ -21,13 +21,18 @@ def _check(t: Tensor, s: Tensor, y: Tensor) -> None:
     _checks.check_labels(y, t)
 
 
+def _prepare(t: Tensor, s: Tensor, y: Tensor, lambda_l: float, lambda_u: float, alpha_ds: float, alpha_as: float):
+    """Checks, then the kernel's arguments (contiguous logits and labels)."""
+    _check(t, s, y)
+    _checks.check_label_values(y, t.shape[1])
+    return t.contiguous(), s.contiguous(), y.contiguous(), lambda_l, lambda_u, alpha_ds, alpha_as
+
+
 def _forward(
     t: Tensor, s: Tensor, y: Tensor, lambda_l: float, lambda_u: float, alpha_ds: float, alpha_as: float
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    _check(t, s, y)
-    _checks.check_label_values(y, t.shape[1])
-    kernel = _backend.kernel_for("generator_loss", t.device)
-    return kernel(t.contiguous(), s.contiguous(), y.contiguous(), lambda_l, lambda_u, alpha_ds, alpha_as)
+    args = _prepare(t, s, y, lambda_l, lambda_u, alpha_ds, alpha_as)
+    return _backend.kernel_for("generator_loss", t.device)(*args)
 
 
 generator_loss_op = torch.library.custom_op("adadfq::adadfq_generator_loss", _forward, mutates_args=())
@@ -111,8 +116,15 @@ def adadfq_generator_loss_with_entropy(
     alpha_as: float = 0.1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Like :func:`adadfq_generator_loss`, also returning the per-sample entropy H of softmax(t - s)."""
-    op = generator_loss_op if use_custom_op(t, s, y) else _EagerGeneratorLoss.apply
-    margin, bal, row_stats = op(t, s, y, float(lambda_l), float(lambda_u), float(alpha_ds), float(alpha_as))
+    args = (t, s, y, float(lambda_l), float(lambda_u), float(alpha_ds), float(alpha_as))
+    if use_custom_op(t, s, y):
+        margin, bal, row_stats = generator_loss_op(*args)
+    else:
+        native = native_kernel("generator_loss", t.device)
+        if native is not None:
+            margin, bal, row_stats = native(*_prepare(*args))
+        else:
+            margin, bal, row_stats = _EagerGeneratorLoss.apply(*args)
     return margin, bal, row_stats[0]
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
-from ._eager import use_custom_op
+from ._eager import native_kernel, use_custom_op
 
 
 def _check(t: Tensor, s: Tensor, temperature: float) -> None:
@@ -21,9 +21,14 @@ def _check(t: Tensor, s: Tensor, temperature: float) -> None:
         raise ValueError(f"T: expected a positive temperature, got {temperature!r}")
 
 
-def _forward(t: Tensor, s: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
+def _prepare(t: Tensor, s: Tensor, temperature: float):
+    """Checks, then the kernel's arguments (contiguous logits)."""
     _check(t, s, temperature)
-    return _backend.kernel_for("student_loss", t.device)(t.contiguous(), s.contiguous(), temperature)
+    return t.contiguous(), s.contiguous(), temperature
+
+
+def _forward(t: Tensor, s: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
+    return _backend.kernel_for("student_loss", t.device)(*_prepare(t, s, temperature))
 
 
 student_loss_op = torch.library.custom_op("adadfq::adadfq_student_loss", _forward, mutates_args=())
@@ -81,5 +86,10 @@ class _EagerStudentLoss(torch.autograd.Function):
 
 def adadfq_student_loss(t: Tensor, s: Tensor, T: float = 20.0) -> Tensor:
     """L_Q for teacher logits ``t`` (treated as constant) and student logits ``s``; gradient to ``s`` only."""
-    op = student_loss_op if use_custom_op(t, s) else _EagerStudentLoss.apply
-    return op(t, s, float(T))[0]
+    args = (t, s, float(T))
+    if use_custom_op(t, s):
+        return student_loss_op(*args)[0]
+    native = native_kernel("student_loss", t.device)
+    if native is not None:
+        return native(*_prepare(*args))[0]
+    return _EagerStudentLoss.apply(*args)[0]
