@@ -26,7 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import BLOCK, FAST, INT32_LIMIT, NUM_WARPS, TL_DTYPES, cast_out, dense, device_table, inner_size, next_pow2
+from ._common import (
+    BLOCK, FAST, INT32_LIMIT, NUM_WARPS, TL_DTYPES, cast_out, dense, device_table, inner_size, next_pow2,
+)
 
 # Forward tile [BLOCK_C channels, BLOCK_K elements]: 4096 elements, as the elementwise kernels.
 BLOCK_C = 16
@@ -185,7 +187,11 @@ def _interpreted_on_host(fn):
         device = tensors[0].device
         if os.environ.get("TRITON_INTERPRET") != "1" or device.type == "cpu":
             return fn(*args)
-        to_host = lambda a: a.cpu() if isinstance(a, torch.Tensor) else [t.cpu() for t in a] if isinstance(a, list) else a
+        def to_host(a):
+            if isinstance(a, torch.Tensor):
+                return a.cpu()
+            return [t.cpu() for t in a] if isinstance(a, list) else a
+
         out = fn(*[to_host(a) for a in args])
         return [t.to(device) for t in out] if isinstance(out, list) else tuple(t.to(device) for t in out)
 

@@ -96,7 +96,8 @@ def fake_quant_act(
     if update:
         parts = torch.empty(2 * n_parts, dtype=torch.float32, device=x.device)
         _minmax_partials_kernel[(n_parts,)](
-            x, parts, numel, n_parts, triton.cdiv(blocks, n_parts), WIDE=wide, BLOCK=BLOCK, num_warps=8, enable_fp_fusion=False
+            x, parts, numel, n_parts, triton.cdiv(blocks, n_parts),
+            WIDE=wide, BLOCK=BLOCK, num_warps=8, enable_fp_fusion=False,
         )
     else:
         parts = state  # not read

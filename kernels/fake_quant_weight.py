@@ -9,7 +9,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import EXACT, INT32_LIMIT, cast_out, dense, fake_quant_value, inner_size, next_pow2, quant_params, tl_dtype
+from ._common import (
+    EXACT, INT32_LIMIT, cast_out, dense, fake_quant_value, inner_size, next_pow2, quant_params, tl_dtype,
+)
 
 # Elements per [channels, elements] tile: big tiles keep the interpreter's program count low; on a GPU a tile is
 # 16 elements per thread at 8 warps.

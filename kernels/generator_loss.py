@@ -32,7 +32,8 @@ def _relu_keep_nan(v):
 
 @triton.jit
 def _generator_fwd_kernel(
-    t_ptr, s_ptr, y_ptr, rs_ptr, margin_ptr, bal_ptr, batch, batch_f, classes, log_c, lambda_l, lambda_u, alpha_ds, alpha_as,
+    t_ptr, s_ptr, y_ptr, rs_ptr, margin_ptr, bal_ptr, batch, batch_f, classes, log_c, lambda_l, lambda_u,
+    alpha_ds, alpha_as,
     ROWS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     ce_d_acc = tl.zeros([ROWS], tl.float32)
@@ -91,7 +92,7 @@ def _generator_fwd_kernel(
 def _generator_bwd_kernel(
     gm_ptr, gb_ptr, t_ptr, s_ptr, y_ptr, rs_ptr, gt_ptr, gs_ptr, batch, batch_f, classes, log_c, lambda_l, lambda_u,
     alpha_ds, alpha_as,
-    OUT_DT: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
+    T_DT: tl.constexpr, S_DT: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     pid = tl.program_id(0)
     # --- batch-level terms, identical in every program ---
@@ -145,8 +146,8 @@ def _generator_bwd_kernel(
         p_a = tl.exp((t + s) - lse_a[:, None])
         g_d = g_h[:, None] * (-p_d * (logp_d + h[:, None])) + c_d * (p_d - onehot)
         g_a = c_a * (p_a - onehot)
-        tl.store(gt_ptr + idx, cast_out(g_d + g_a, OUT_DT), mask=mask)
-        tl.store(gs_ptr + idx, cast_out(g_a - g_d, OUT_DT), mask=mask)
+        tl.store(gt_ptr + idx, cast_out(g_d + g_a, T_DT), mask=mask)
+        tl.store(gs_ptr + idx, cast_out(g_a - g_d, S_DT), mask=mask)
 
 
 def generator_loss(
@@ -161,7 +162,8 @@ def generator_loss(
     bal = torch.empty((), dtype=torch.float32, device=device)
     rows, block_c = tile_shape(batch, classes)
     _generator_fwd_kernel[(1,)](
-        t, s, y, row_stats, margin, bal, batch, float(batch), classes, math.log(classes), lambda_l, lambda_u, alpha_ds, alpha_as,
+        t, s, y, row_stats, margin, bal, batch, float(batch), classes, math.log(classes),
+        lambda_l, lambda_u, alpha_ds, alpha_as,
         ROWS=rows, BLOCK_C=block_c, BLOCK_B=min(next_pow2(batch), BATCH_BLOCK), num_warps=8, **FAST,
     )
     return margin, bal, row_stats
@@ -180,7 +182,8 @@ def generator_loss_backward(
     _generator_bwd_kernel[(triton.cdiv(batch, rows),)](
         grad_margin, grad_bal, t, s, y, row_stats, grad_t, grad_s, batch, float(batch), classes, math.log(classes),
         lambda_l, lambda_u, alpha_ds, alpha_as,
-        OUT_DT=TL_DTYPES[t.dtype], ROWS=rows, BLOCK_C=block_c, BLOCK_B=min(next_pow2(batch), BATCH_BLOCK),
+        T_DT=TL_DTYPES[t.dtype], S_DT=TL_DTYPES[s.dtype], ROWS=rows, BLOCK_C=block_c,
+        BLOCK_B=min(next_pow2(batch), BATCH_BLOCK),
         num_warps=8, **FAST,
     )
     return grad_t, grad_s

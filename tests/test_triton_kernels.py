@@ -184,6 +184,16 @@ def test_fake_quant_act_sequence_bit_exact(dtype, bits):
         state, ref_state = new_state, ref_new
 
 
+def test_fake_quant_act_resnet20_activation():
+    """A real activation size (ResNet-20 stage 1 at batch 16): 64 blocks, 64 min/max partials."""
+    x = dev(torch.randn(16, 16, 32, 32).relu() * 3).contiguous(memory_format=torch.channels_last)
+    state = dev(torch.tensor([0.0, 4.0, 0.9]))
+    out, new_state = K.fake_quant_act(x, 3, state, 0.9, True)
+    expected, ref_new = ref.fake_quant_act_forward(x, 3, state, 0.9, True)
+    assert_exact(new_state, ref_new)
+    assert_exact(out, expected)
+
+
 def test_fake_quant_act_constant_input_overshoot():
     """The compounding bias correction overshoots by thousands of times around step 20 (spec); bit-exact."""
     x = dev(torch.full((2, 3, 5, 5), 1.25))
@@ -272,6 +282,18 @@ def test_bn_stat_loss_forward_backward(dtype):
     _check_bn(*_bn_layers(dtype), dtype)
 
 
+def test_bn_stat_loss_resnet20_layers():
+    """The 19 BN inputs of ResNet-20 (batch 4 here), alternating layouts: one partials launch, one finalize."""
+    shapes = [(4, 16, 32, 32)] * 7 + [(4, 32, 16, 16)] * 6 + [(4, 64, 8, 8)] * 6
+    feats, rms, rvs = [], [], []
+    for i, shape in enumerate(shapes):
+        x = torch.randn(shape) * 1.5 + 0.5
+        feats.append(dev(x.contiguous(memory_format=torch.channels_last) if i % 2 else x))
+        rms.append(dev(torch.randn(shape[1]) * 0.5))
+        rvs.append(dev(torch.rand(shape[1]) + 1.0))
+    _check_bn(feats, rms, rvs, torch.float32)
+
+
 def test_bn_stat_loss_split_work_items(monkeypatch):
     """Layers split into several element ranges per channel block (as the large layers are on a GPU)."""
     monkeypatch.setattr(bn_mod, "ITEM_ELEMS", 256)
@@ -352,6 +374,22 @@ def test_generator_loss(dtype, shape):
         assert_grad_close(gs, r_gs, dtype)
 
 
+@pytest.mark.parametrize("t_dtype,s_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float16)], ids=str)
+def test_losses_mixed_logit_dtypes(t_dtype, s_dtype):
+    """Teacher and student logits of different dtypes: each gradient is rounded once, to its own input's dtype."""
+    t, s = dev(torch.randn(16, 100).to(t_dtype) * 3), dev(torch.randn(16, 100).to(s_dtype) * 3)
+    y = dev(torch.randint(0, 100, (16,)))
+    (gt, gs), (r_gt, r_gs) = _check_generator(t, s, y, GEN_ARGS)
+    assert_grad_close(gt, r_gt, t_dtype)
+    assert_grad_close(gs, r_gs, s_dtype)
+    loss, rs = K.student_loss(t, s, 20.0)
+    r_loss, r_rs = ref.student_loss_forward(t, s, 20.0)
+    torch.testing.assert_close(loss.cpu(), r_loss.cpu(), **RED)
+    grad = dev(torch.tensor(1.0))
+    gs = K.student_loss_backward(grad, t, s, rs, 20.0)
+    assert_grad_close(gs, ref.student_loss_backward(grad, t, s, r_rs, 20.0), s_dtype)
+
+
 def test_generator_loss_large_batch():
     t, s = _logits(256, 1000, torch.float32, scale=1.0)
     y = dev(torch.randint(0, 1000, (256,)))
@@ -362,17 +400,20 @@ def test_generator_loss_large_batch():
 
 def test_generator_loss_tied_minimum_and_zero_grads():
     """Rows with equal entropy share the minimum (its gradient is split among the ties); margins active."""
-    t, s = _logits(12, 10, torch.float32)
-    t[0, 2] += 8.0  # a confident row: the lowest entropy...
+    t, s = _logits(12, 10, torch.float32, scale=1.0)
+    t[0, 2] += 15.0  # a confident row: the lowest entropy...
     t[3], s[3] = t[0], s[0]  # ...shared exactly by two more rows
     t[7], s[7] = t[0], s[0]
     y = dev(torch.randint(0, 10, (12,)))
+    h = K.generator_loss(t, s, y, *GEN_ARGS)[2][0]
+    assert int((h == h.min()).sum()) == 3
     for gm, gb in ((0.7, 1.3), (0.0, 1.0), (1.0, 0.0)):
         (gt, gs), (r_gt, r_gs) = _check_generator(t, s, y, GEN_ARGS, gm, gb)
         assert_grad_close(gt, r_gt, torch.float32)
         assert_grad_close(gs, r_gs, torch.float32)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns about the NaN arithmetic
 def test_generator_loss_nan_propagates():
     t, s = _logits(8, 10, torch.float32)
     t[5, 3] = float("nan")
@@ -399,6 +440,7 @@ def test_student_loss(dtype, shape):
         assert_grad_close(gs, ref.student_loss_backward(grad, t, s, r_rs, temperature), dtype)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_student_loss_nan_row():
     t, s = _logits(6, 10, torch.float32)
     s[2, 9] = float("nan")
@@ -479,4 +521,71 @@ def test_public_losses_match_autograd(triton_backend):
     r_loss.backward()
     torch.testing.assert_close(loss.detach().cpu(), r_loss.detach().cpu(), **RED)
     assert_grad_close(s3.grad, s4.grad, torch.float32)
-    assert math.isfinite(float(loss))
+    assert math.isfinite(float(loss.detach()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CUDA graphs (GPU only): every kernel captured once, replayed on new input values
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graph capture needs a GPU")
+def test_cuda_graph_capture_and_replay():
+    x = dev(torch.randn(4, 8, 6, 6)).relu()
+    w = dev(torch.randn(8, 4, 3, 3))
+    lo, hi = dev(torch.tensor(-1.0)), dev(torch.tensor(2.0))
+    state = dev(torch.tensor([0.0, 0.0, 1.0]))
+    feats, rms, rvs = _bn_layers(torch.float32)
+    t, s = _logits(16, 10, torch.float32)
+    y = dev(torch.randint(0, 10, (16,)))
+    g = dev(torch.tensor(1.0))
+
+    def step():
+        outs = {"fq": K.fake_quant(x, 4, lo, hi, -1), "fqw": K.fake_quant_weight(w, 4)}
+        outs["act"], outs["state"] = K.fake_quant_act(x, 4, state, 0.9, True)
+        outs["bn"], outs["stats"] = K.bn_stat_loss(feats, rms, rvs)
+        outs["bn_grads"] = K.bn_stat_loss_backward(g, feats, rms, rvs, outs["stats"])
+        outs["margin"], outs["bal"], rs = K.generator_loss(t, s, y, *GEN_ARGS)
+        outs["gt"], outs["gs"] = K.generator_loss_backward(g, g, t, s, y, rs, *GEN_ARGS)
+        outs["sl"], srs = K.student_loss(t, s, 20.0)
+        outs["sgs"] = K.student_loss_backward(g, t, s, srs, 20.0)
+        return outs
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # compile the kernels and fill the table cache outside the capture
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = step()
+
+    # New values in the captured inputs, then replay.
+    with torch.no_grad():
+        x.copy_(torch.randn_like(x).relu())
+        w.copy_(torch.randn_like(w))
+        for f in feats:
+            f.copy_(torch.randn_like(f) * 2 + 1)
+        t.copy_(torch.randn_like(t) * 3)
+        s.copy_(torch.randn_like(s) * 3)
+    graph.replay()
+    torch.cuda.synchronize()
+
+    assert_exact(outs["fq"], ref.fake_quant_forward(x, 4, lo, hi, -1))
+    assert_exact(outs["fqw"], ref.fake_quant_weight_forward(w, 4))
+    act, new_state = ref.fake_quant_act_forward(x, 4, state, 0.9, True)
+    assert_exact(outs["state"], new_state)
+    assert_exact(outs["act"], act)
+    ref_loss, ref_stats = ref.bn_stat_loss_forward(feats, rms, rvs)
+    torch.testing.assert_close(outs["stats"], ref_stats, **RED)
+    torch.testing.assert_close(outs["bn"], ref_loss, **RED)
+    for got, want in zip(outs["bn_grads"], ref.bn_stat_loss_backward(g, feats, rms, rvs, ref_stats)):
+        assert_grad_close(got, want, torch.float32)
+    margin, bal, rs = ref.generator_loss_forward(t, s, y, *GEN_ARGS)
+    torch.testing.assert_close(outs["margin"], margin, **RED)
+    torch.testing.assert_close(outs["bal"], bal, **RED)
+    gt, gs = ref.generator_loss_backward(g, g, t, s, y, rs, *GEN_ARGS)
+    assert_grad_close(outs["gt"], gt, torch.float32)
+    assert_grad_close(outs["gs"], gs, torch.float32)
+    sl, srs = ref.student_loss_forward(t, s, 20.0)
+    torch.testing.assert_close(outs["sl"], sl, **RED)
+    assert_grad_close(outs["sgs"], ref.student_loss_backward(g, t, s, srs, 20.0), torch.float32)
