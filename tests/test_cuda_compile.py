@@ -233,3 +233,323 @@ def test_every_schema_has_one_cuda_binding():
     assert not duplicates, f"registered more than once: {duplicates} ({impls})"
     assert set(names) - schemas == set(), f"bindings for ops that have no schema: {sorted(set(names) - schemas)}"
     assert schemas - set(names) == set(), f"schemas without a CUDA binding: {sorted(schemas - set(names))}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The kernels, run on the CPU. csrc/cuda/emulation/emulate.h emulates blocks, warps, barriers and shared memory,
+# so g++ can build the .cu files as host code (launch syntax rewritten below) and the tests can compare their
+# results with adadfq_fast.reference: the quantizers bit for bit, the reductions to float32 rounding. This checks
+# the indexing, layouts, launch plans, reductions and NaN handling of the CUDA code on machines without a GPU;
+# the GPU itself is checked by tests/test_gpu_backends.py.
+# ----------------------------------------------------------------------------------------------------------
+EMULATION_DIR = CUDA_DIR / "emulation"
+LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;{}()]*?>)?)\s*<<<(.*?)>>>\s*\(\s*", re.S)
+
+
+@functools.lru_cache(maxsize=None)
+def emulated():
+    """(ctypes library, None) with every launcher built for the emulator, or (None, why not)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None, "the emulator uses ucontext fibers (Linux)"
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        return None, "no host C++ compiler"
+    cuda_inc = cuda_include_dir()
+    if cuda_inc is None:
+        return None, "CUDA headers (cuda_fp16.h, cuda_runtime.h) not found"
+    import ctypes
+
+    tmp = Path(tempfile.mkdtemp(prefix="adadfq_emu_"))
+    flags = [
+        "-std=c++17", "-O1", "-fPIC", "-ffp-contract=off", "-Wno-attributes",
+        "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+        "-include", str(EMULATION_DIR / "emulate.h"),
+        f"-I{CUDA_DIR}", f"-I{INCLUDE_DIR}", f"-I{cuda_inc}",
+    ]  # fmt: skip
+    jobs = []
+    for cu in CU_FILES:
+        text, launches = LAUNCH.subn(lambda m: f"::emu::launch(::emu::Config({m.group(2)}), {m.group(1)}, ", cu.read_text())
+        assert "<<<" not in text, f"{cu.name}: a kernel launch the emulation test cannot rewrite"
+        src = tmp / f"{cu.stem}.cpp"
+        src.write_text(f'#line 1 "{cu}"\n{text}')
+        jobs.append([cxx, *flags, "-c", str(src), "-o", str(src.with_suffix(".o"))])
+    jobs.append([cxx, *flags, "-c", str(EMULATION_DIR / "shim.cpp"), "-o", str(tmp / "shim.o")])
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        for proc in pool.map(_run, jobs):
+            assert proc.returncode == 0, _report(proc)
+    lib_path = tmp / "libadadfq_emu.so"
+    proc = _run([cxx, "-shared", *(str(p) for p in sorted(tmp.glob("*.o"))), "-o", str(lib_path)])
+    assert proc.returncode == 0, _report(proc)
+    lib = ctypes.CDLL(str(lib_path))
+    P, I64, I, D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+    PP = ctypes.POINTER(ctypes.c_void_p)
+    PI, PI64 = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int64)
+    signatures = {
+        "emu_fake_quant": [P, P, I, I64, I64, I64, P, P, I],
+        "emu_fake_quant_weight": [P, P, I, I64, I64, I64, I],
+        "emu_fake_quant_act": [P, P, I, I64, P, P, I, D, I],
+        "emu_bn_total_channels": [I, PP, PP, PP, PI, PI64, PI64, PI64],
+        "emu_bn_stat_loss": [I, PP, PP, PP, PI, PI64, PI64, PI64, P, P],
+        "emu_bn_stat_loss_backward": [I, PP, PP, PP, PP, PI, PI64, PI64, PI64, P, P],
+        "emu_generator_loss": [P, P, I, I, P, I64, I64, D, D, D, D, P, P, P],
+        "emu_generator_loss_backward": [P, P, P, P, I, I, P, I64, I64, P, D, D, D, D, P, P],
+        "emu_student_loss": [P, P, I, I, I64, I64, D, P, P],
+        "emu_student_loss_backward": [P, P, P, I, I, I64, I64, P, D, P],
+    }
+    for name, argtypes in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = ctypes.c_int64 if name == "emu_bn_total_channels" else ctypes.c_int
+    return lib, None
+
+
+@pytest.fixture(scope="module")
+def emu():
+    lib, why_not = emulated()
+    if lib is None:
+        pytest.skip(why_not)
+    return lib
+
+
+def _dt(t) -> int:
+    import torch
+
+    return {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[t.dtype]
+
+
+def _ptr(t):
+    return t.data_ptr() if t is not None else None
+
+
+def _inner(x, axis: int, channels: int) -> int:
+    return x.stride(axis) if channels > 1 else x.numel()
+
+
+def _exact(actual, expected):
+    import torch
+
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def _close(actual, expected, **tol):
+    import torch
+
+    tol = tol or dict(rtol=2e-5, atol=1e-6)
+    if actual.dtype == torch.float16:
+        tol = dict(rtol=2e-3, atol=1e-5)
+    elif actual.dtype == torch.bfloat16:
+        tol = dict(rtol=1.6e-2, atol=1e-5)
+    torch.testing.assert_close(actual.float(), expected.float(), equal_nan=True, **tol)
+
+
+FLOAT_DTYPE_NAMES = ["float32", "float16", "bfloat16"]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPE_NAMES)
+def test_emulated_fake_quant(emu, dtype):
+    import torch
+    from adadfq_fast import reference as ref
+
+    dtype = getattr(torch, dtype)
+    cases = [
+        ((2, 3, 5, 7), -1, False), ((2, 3, 5, 7), 1, False), ((2, 3, 5, 7), 1, True), ((4, 6), 0, False),
+        ((3, 1, 4), 1, False), ((5, 300), 1, False), ((2, 8, 3, 3), 0, True), ((3, 2000), 0, False),
+    ]  # fmt: skip
+    for shape, axis, channels_last in cases:
+        for bits in (2, 4, 8):
+            x = (torch.randn(shape) * 3).to(dtype)
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            channels = 1 if axis < 0 else shape[axis]
+            lo, hi = -torch.rand(channels) * 3, torch.rand(channels) * 3
+            if channels > 1 and bits == 2:
+                lo[0] = float("nan")  # a NaN range poisons its own channel only
+            out = torch.empty_like(x)
+            rc = emu.emu_fake_quant(_ptr(x), _ptr(out), _dt(x), x.numel(), _inner(x, max(axis, 0), channels), channels,
+                                    _ptr(lo), _ptr(hi), bits)  # fmt: skip
+            assert rc == 0
+            want = ref.fake_quant_forward(x, bits, lo if axis >= 0 else lo[0], hi if axis >= 0 else hi[0], axis)
+            _exact(out, want)
+            assert out.stride() == x.stride()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPE_NAMES)
+def test_emulated_fake_quant_weight(emu, dtype):
+    import torch
+    from adadfq_fast import reference as ref
+
+    dtype = getattr(torch, dtype)
+    weights = [
+        torch.randn(16, 8, 3, 3), torch.randn(10, 64), torch.randn(64, 10).t(), torch.randn(7), torch.randn(1, 50),
+        torch.randn(4, 1000), torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last), torch.randn(5, 1, 3, 3),
+    ]  # fmt: skip
+    weights[1][3, 5] = float("nan")
+    for w in weights:
+        w = w.to(dtype)
+        for bits in (3, 8):
+            out = torch.empty_like(w)
+            channels = w.shape[0]
+            rc = emu.emu_fake_quant_weight(_ptr(w), _ptr(out), _dt(w), w.numel(), _inner(w, 0, channels), channels, bits)
+            assert rc == 0
+            _exact(out, ref.fake_quant_weight_forward(w, bits))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPE_NAMES)
+def test_emulated_fake_quant_act(emu, dtype):
+    import torch
+    from adadfq_fast import reference as ref
+
+    dtype = getattr(torch, dtype)
+    for numel in (1, 5, 1000, 5000, 300_000):  # 300K: many block partials for the range kernel
+        for update in (True, False):
+            x = (torch.randn(numel) * 2 + 0.5).to(dtype)
+            if numel == 5000:
+                x[77] = float("nan")
+            state = torch.tensor([0.1, 0.9, 0.9]) if update else torch.tensor([-0.3, 1.7, 0.81])
+            new_state = torch.full((3,), 999.0)
+            out = torch.empty_like(x)
+            rc = emu.emu_fake_quant_act(_ptr(x), _ptr(out), _dt(x), numel, _ptr(state), _ptr(new_state), 4, 0.9,
+                                        int(update))  # fmt: skip
+            assert rc == 0
+            want, want_state = ref.fake_quant_act_forward(x, 4, state, 0.9, update)
+            _exact(out, want)
+            if update:
+                _exact(new_state, want_state)
+
+
+def _bn_call(emu, feats, rms, rvs):
+    import ctypes
+
+    import torch
+
+    n = len(feats)
+
+    def arr(ctype, values):
+        return (ctype * len(values))(*values)
+
+    xs = arr(ctypes.c_void_p, [f.data_ptr() for f in feats])
+    rmp = arr(ctypes.c_void_p, [r.data_ptr() for r in rms])
+    rvp = arr(ctypes.c_void_p, [r.data_ptr() for r in rvs])
+    dts = arr(ctypes.c_int, [_dt(t) for f, r, v in zip(feats, rms, rvs) for t in (f, r, v)])
+    numel = arr(ctypes.c_int64, [f.numel() for f in feats])
+    inner = arr(ctypes.c_int64, [_inner(f, 1, f.shape[1]) for f in feats])
+    channels = arr(ctypes.c_int64, [f.shape[1] for f in feats])
+    common = (xs, rmp, rvp)
+    layout = (dts, numel, inner, channels)
+    total = emu.emu_bn_total_channels(n, *common, *layout)
+    loss, stats = torch.full((), 7.0), torch.full((2, total), 7.0)
+    assert emu.emu_bn_stat_loss(n, *common, *layout, _ptr(loss), _ptr(stats)) == 0
+    grad = torch.tensor(1.7)
+    grads = [torch.empty_like(f) for f in feats]
+    gp = arr(ctypes.c_void_p, [g.data_ptr() for g in grads])
+    assert emu.emu_bn_stat_loss_backward(n, *common, gp, *layout, _ptr(grad), _ptr(stats)) == 0
+    return loss, stats, grad, grads
+
+
+def _bn_inputs(case: str):
+    """(feats, running_means, running_vars) of one L_BNS case, on the CPU."""
+    import torch
+
+    if case == "mixed_layouts_and_dtypes":
+        feats = [
+            torch.randn(4, 16, 8, 8) * 2 + 1,
+            torch.randn(4, 32, 4, 4).to(memory_format=torch.channels_last),
+            torch.randn(6, 40),
+            torch.randn(2, 3, 5).half(),
+            torch.randn(3, 1, 4, 4).bfloat16(),
+        ]
+    elif case == "split_channels":  # 80K elements per channel, far from zero mean; and a row-major split
+        feats = [torch.randn(2, 3, 200, 200) + 100, torch.randn(64, 70, 3, 3).to(memory_format=torch.channels_last) - 3]
+    elif case == "more_layers_than_one_table_chunk":
+        feats = [torch.randn(2, 2 + (i % 5), 3, 3) for i in range(30)]
+    elif case == "empty_batch":
+        feats = [torch.randn(0, 4, 3, 3), torch.randn(2, 4)]
+    else:
+        raise ValueError(case)
+    rms = [torch.randn(f.shape[1]) for f in feats]
+    rvs = [torch.rand(f.shape[1]) + 0.5 for f in feats]
+    if case == "mixed_layouts_and_dtypes":
+        rms[1], rvs[2] = rms[1].half(), rvs[2].bfloat16()
+    return feats, rms, rvs
+
+
+@pytest.mark.parametrize("case", ["mixed_layouts_and_dtypes", "split_channels", "more_layers_than_one_table_chunk",
+                                  "empty_batch"])  # fmt: skip
+def test_emulated_bn_stat_loss(emu, case):
+    import warnings
+
+    from adadfq_fast import reference as ref
+
+    feats, rms, rvs = _bn_inputs(case)
+    loss, stats, grad, grads = _bn_call(emu, feats, rms, rvs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # var() of an empty batch warns
+        want_loss, want_stats = ref.bn_stat_loss_forward(feats, rms, rvs)
+    tol = dict(rtol=1e-4, atol=1e-5) if case == "split_channels" else {}
+    _close(loss, want_loss, **tol)
+    _close(stats, want_stats, **tol)
+    want_grads = ref.bn_stat_loss_backward(grad, feats, rms, rvs, stats)
+    for g, w, f in zip(grads, want_grads, feats):
+        assert g.stride() == f.stride()
+        _close(g, w)
+
+
+def _logits(torch, b, c, t_dtype, s_dtype, scale=3.0):
+    return (torch.randn(b, c) * scale).to(t_dtype), (torch.randn(b, c) * scale).to(s_dtype)
+
+
+# (16, 10) .. (3, 1000): one block does rows and batch; (200, 10), (40, 2000): row kernel + finishing kernel.
+LOSS_SHAPES = [(16, 10), (16, 100), (3, 1000), (1, 5), (200, 10), (40, 2000)]
+
+
+@pytest.mark.parametrize("batch,classes,dtypes", [(*s, ("float32", "float32")) for s in LOSS_SHAPES]
+                         + [(16, 10, ("float16", "bfloat16")), (8, 10, "tie")])  # fmt: skip
+def test_emulated_generator_loss(emu, batch, classes, dtypes):
+    import torch
+    from adadfq_fast import reference as ref
+
+    t_dtype, s_dtype = (torch.float32, torch.float32) if dtypes == "tie" else (getattr(torch, d) for d in dtypes)
+    t, s = _logits(torch, batch, classes, t_dtype, s_dtype)
+    if dtypes == "tie":  # two identical confident rows share the batch minimum of H
+        t[0], s[0] = 0.0, 0.0
+        t[0, 3] = 8.0
+        t[1], s[1] = t[0], s[0]
+    y = torch.randint(0, classes, (batch,))
+    hyper = (0.1, 0.8, 0.2, 0.1)
+    margin, bal, rows = torch.full((), 9.0), torch.full((), 9.0), torch.full((3, batch), 9.0)
+    assert emu.emu_generator_loss(_ptr(t), _ptr(s), _dt(t), _dt(s), _ptr(y), batch, classes, *hyper,
+                                  _ptr(margin), _ptr(bal), _ptr(rows)) == 0  # fmt: skip
+    want_margin, want_bal, want_rows = ref.generator_loss_forward(t, s, y, *hyper)
+    _close(margin, want_margin)
+    _close(bal, want_bal)
+    _close(rows, want_rows, rtol=2e-5, atol=2e-5)
+    gm, gb = torch.tensor(1.3), torch.tensor(-0.7)
+    grad_t, grad_s = torch.empty_like(t), torch.empty_like(s)
+    assert emu.emu_generator_loss_backward(_ptr(gm), _ptr(gb), _ptr(t), _ptr(s), _dt(t), _dt(s), _ptr(y), batch,
+                                           classes, _ptr(want_rows), *hyper, _ptr(grad_t), _ptr(grad_s)) == 0  # fmt: skip
+    want_t, want_s = ref.generator_loss_backward(gm, gb, t, s, y, want_rows, *hyper)
+    _close(grad_t, want_t)
+    _close(grad_s, want_s)
+
+
+@pytest.mark.parametrize("batch,classes,dtypes", [(*s, ("float32", "float32")) for s in LOSS_SHAPES]
+                         + [(16, 10, ("bfloat16", "float16"))])  # fmt: skip
+@pytest.mark.parametrize("T", [20.0, 5.0])
+def test_emulated_student_loss(emu, batch, classes, dtypes, T):
+    import torch
+    from adadfq_fast import reference as ref
+
+    t, s = _logits(torch, batch, classes, *(getattr(torch, d) for d in dtypes), scale=5.0)
+    loss, rows = torch.full((), 9.0), torch.full((2, batch), 9.0)
+    assert emu.emu_student_loss(_ptr(t), _ptr(s), _dt(t), _dt(s), batch, classes, T, _ptr(loss), _ptr(rows)) == 0
+    want_loss, want_rows = ref.student_loss_forward(t, s, T)
+    _close(loss, want_loss)
+    _close(rows, want_rows, rtol=2e-5, atol=2e-5)
+    grad = torch.tensor(0.9)
+    grad_s = torch.empty_like(s)
+    assert emu.emu_student_loss_backward(_ptr(grad), _ptr(t), _ptr(s), _dt(t), _dt(s), batch, classes,
+                                         _ptr(want_rows), T, _ptr(grad_s)) == 0  # fmt: skip
+    _close(grad_s, ref.student_loss_backward(grad, t, s, want_rows, T))

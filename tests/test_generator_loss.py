@@ -96,8 +96,22 @@ def test_reference_backward_formula_gradcheck_float64():
     assert torch.autograd.gradcheck(Formula.apply, (t, s))
 
 
+def test_mixed_dtypes(cpu_backend):
+    """A bfloat16 teacher with a float32 student: computed in float32, each gradient in its input's dtype."""
+    t, s, y = _logits((16, 10))
+    tt, ss = t.bfloat16().requires_grad_(), s.clone().requires_grad_()
+    margin, bal = adadfq_fast.adadfq_generator_loss(tt, ss, y)
+    gt, gs = torch.autograd.grad(margin + bal, (tt, ss))
+    assert gt.dtype == torch.bfloat16 and gs.dtype == torch.float32
+    m_ref, b_ref = ref.adadfq_generator_loss(tt.detach().float(), s, y)
+    torch.testing.assert_close(margin, m_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bal, b_ref, rtol=1e-5, atol=1e-6)
+
+
 def test_errors():
     t, s, y = _logits((4, 10))
+    with pytest.raises(ValueError, match="t: empty batch"):
+        adadfq_fast.adadfq_generator_loss(t[:0], s[:0], y[:0])
     with pytest.raises(ValueError, match=r"y: labels must lie in \[0, 9\]"):
         adadfq_fast.adadfq_generator_loss(t, s, torch.tensor([0, 1, 2, 10]))
     with pytest.raises(ValueError, match="y: labels must lie"):

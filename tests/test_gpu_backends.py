@@ -445,13 +445,16 @@ def test_graph_training_step(backend):
             _randn(g, 64), torch.rand(64, device="cuda", generator=g) + 0.5,  # BN running stats of the teacher
             torch.tensor([0.0, 0.0, 1.0], device="cuda"),  # activation range state
             torch.randint(0, classes, (16,), device="cuda", generator=g),
+            # A fixed range for w2. Created here: building a CUDA tensor from Python data inside the capture
+            # would be a host-to-device copy, which a capture forbids.
+            torch.tensor(-1.0, device="cuda"),
+            torch.tensor(1.0, device="cuda"),
         ]
 
-    def step(x, w1, w2, w_teacher, rm, rv, state, y):
+    def step(x, w1, w2, w_teacher, rm, rv, state, y, lo, hi):
         h = F.linear(x, adadfq_fast.fake_quant_weight(w1, 4))
         bns = adadfq_fast.bn_stat_loss([h], [rm], [rv])
         a = adadfq_fast.fake_quant_act(torch.relu(h), 4, state, 0.9, True)
-        lo, hi = torch.tensor(-1.0, device="cuda"), torch.tensor(1.0, device="cuda")
         s = F.linear(a, adadfq_fast.fake_quant(w2, 4, lo, hi))
         t = F.linear(x, w_teacher)
         margin, bal = adadfq_fast.adadfq_generator_loss(t, s, y)

@@ -64,8 +64,18 @@ def test_reference_backward_formula_gradcheck_float64():
     assert torch.autograd.gradcheck(Formula.apply, (s,))
 
 
+def test_mixed_dtypes(cpu_backend):
+    t, s = torch.randn(8, 10), torch.randn(8, 10).half().requires_grad_()
+    loss = adadfq_fast.adadfq_student_loss(t, s)
+    (g,) = torch.autograd.grad(loss, s)
+    assert g.dtype == torch.float16
+    torch.testing.assert_close(loss, ref.adadfq_student_loss(t, s.detach().float()), rtol=1e-5, atol=1e-5)
+
+
 def test_errors():
     t, s = torch.randn(4, 10), torch.randn(4, 10)
+    with pytest.raises(ValueError, match="t: empty batch"):
+        adadfq_fast.adadfq_student_loss(t[:0], s[:0])
     with pytest.raises(ValueError, match="T: expected a positive temperature"):
         adadfq_fast.adadfq_student_loss(t, s, T=0.0)
     with pytest.raises(ValueError, match="s: expected the shape of t"):

@@ -45,6 +45,17 @@ def check_logits(t: Tensor, s: Tensor) -> None:
         raise ValueError(f"s: expected the shape of t {tuple(t.shape)}, got {tuple(s.shape)}")
     if t.shape[1] < 2:
         raise ValueError(f"t: expected at least 2 classes, got {t.shape[1]}")
+    if t.shape[0] == 0:
+        raise ValueError("t: empty batch; the AdaDFQ losses average over samples and need at least one")
+
+
+def common_logit_dtype(t: Tensor, s: Tensor):
+    """Teacher and student logits may differ in dtype (e.g. a bf16-autocast teacher): both are promoted to the
+    wider one before the kernel, with the cast recorded by autograd so each gradient returns in its own dtype."""
+    if t.dtype == s.dtype:
+        return t, s
+    dtype = torch.promote_types(t.dtype, s.dtype)
+    return t.to(dtype), s.to(dtype)
 
 
 def check_labels(y: Tensor, t: Tensor) -> None:

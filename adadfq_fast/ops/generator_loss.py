@@ -116,6 +116,8 @@ def adadfq_generator_loss_with_entropy(
     alpha_as: float = 0.1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Like :func:`adadfq_generator_loss`, also returning the per-sample entropy H of softmax(t - s)."""
+    _checks.check_logits(t, s)
+    t, s = _checks.common_logit_dtype(t, s)
     args = (t, s, y, float(lambda_l), float(lambda_u), float(alpha_ds), float(alpha_as))
     if use_custom_op(t, s, y):
         margin, bal, row_stats = generator_loss_op(*args)

@@ -86,6 +86,8 @@ class _EagerStudentLoss(torch.autograd.Function):
 
 def adadfq_student_loss(t: Tensor, s: Tensor, T: float = 20.0) -> Tensor:
     """L_Q for teacher logits ``t`` (treated as constant) and student logits ``s``; gradient to ``s`` only."""
+    _checks.check_logits(t, s)
+    t, s = _checks.common_logit_dtype(t, s)
     args = (t, s, float(T))
     if use_custom_op(t, s):
         return student_loss_op(*args)[0]
