@@ -214,10 +214,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--repeats", type=int, default=20, help="timed rounds per variant (median reported)")
     p.add_argument("--json", default=None, help="write the records here (and a .md table beside it)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--compile-reference", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time torch.compile(reference) (default: on CUDA only; each op and mode compiles once)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
-    records = run_bench(args.device, args.settings, args.ops, args.repeats, progress=not args.no_progress)
+    records = run_bench(args.device, args.settings, args.ops, args.repeats, args.compile_reference,
+                        progress=not args.no_progress)
     table = markdown_table(records)
     print(table)
     if args.json:

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# ONE command for a lent GPU machine (torch 2.11+cu130, triton 3.6, nvcc 13.0, H100/H200, no network):
+#   bash benchmarks/gpu_check.sh
+# Builds the package with its CUDA kernels, runs the GPU test tier, benchmarks every op on the GPU (reference,
+# torch.compile(reference), aten where it applies, triton, cuda) and the copy-bandwidth ceiling, and writes
+# JSON + Markdown under $OUT (when set) and benchmarks/results/. Budget: under 8 minutes in all.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=benchmarks/results
+DEST=${OUT:-$RESULTS}
+mkdir -p "$RESULTS" "$DEST"
+export PYTHONUNBUFFERED=1
+exec > >(tee "$DEST/gpu_check.log") 2>&1
+start=$(date +%s)
+step() { echo; echo "=== $* ($(( $(date +%s) - start ))s)"; }
+
+step "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+
+step "build (CUDA kernels for sm_90; no network: no dependencies, no build isolation)"
+export ADADFQ_BUILD_CUDA=1 ADADFQ_CUDA_ARCHS=${ADADFQ_CUDA_ARCHS:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+if ! timeout 300 python3 -m pip install -q --no-deps --no-build-isolation -e . ; then
+  echo "pip build failed; trying setup.py build_ext --inplace"
+  timeout 300 python3 setup.py -q build_ext --inplace || { echo "BUILD FAILED"; exit 1; }
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -m adadfq_fast env
+
+step "GPU test tier (cuda + triton backends vs reference, CUDA graph capture/replay)"
+timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_backends.py tests/test_triton_kernels.py \
+  --junitxml="$DEST/gpu_tests.xml" 2>&1 | tail -40
+
+step "bench ops on the GPU (all settings; then torch.compile(reference) at ResNet-18 batch 16, compiles are slow)"
+timeout 120 python3 -m adadfq_fast bench ops --device cuda --repeats 30 --no-progress --no-compile-reference \
+  --json "$DEST/bench_ops_gpu.json"
+timeout 150 python3 -m adadfq_fast bench ops --device cuda --repeats 30 --no-progress --compile-reference \
+  --settings resnet18_b16 logits_b256_c1000 --json "$DEST/bench_ops_gpu_compiled.json"
+
+step "copy bandwidth ceiling vs fake-quant forward (64 and 256 MB)"
+timeout 90 python3 benchmarks/bench_bandwidth.py --device cuda --sizes-mb 64 256 --json "$DEST/bandwidth_gpu.json"
+
+if [ "$DEST" != "$RESULTS" ]; then cp "$DEST"/*.json "$DEST"/*.md "$RESULTS"/ 2>/dev/null || true; fi
+step "done; results in $DEST"
