@@ -1,0 +1,247 @@
+"""The AdaDFQ training loop: epochs of game iterations, the spec's schedules, evaluation, checkpoints, logs.
+
+``Trainer(cfg, teacher, evaluate_fn=...)`` builds G and Q from the config (or takes them), runs
+``cfg.epochs x cfg.iters_per_epoch`` iterations of :class:`~adadfq_fast.game.schedules.GameStep`, and after every
+``cfg.eval_every`` epochs evaluates Q with ``evaluate_fn(Q) -> top-1 %`` and tracks the best epoch (the paper
+reports the best epoch). Per-epoch metrics go to ``<run_dir>/metrics.jsonl``; a resumable checkpoint (G, Q,
+optimisers, schedulers, range states, RNG states, epoch, history) to ``<run_dir>/checkpoint.pt``.
+
+Schedule of the official configs (spec): activation ranges update during epochs [0, act_range_unfreeze_epochs)
+and are frozen after; Q is stepped only from ``warmup_epochs`` on; both learning rates are multiplied by their
+gamma at their milestones (per epoch).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import adadfq_fast
+
+from .generators import build_generator
+from .schedules import GameStep, LossWeights
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} was requested but no CUDA device is available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _schedule_backend(cfg) -> str:
+    """Ops backend for the run: the config's, or by default reference for faithful (the authors' math as chains
+    of PyTorch ops) and auto (fused kernels) for fast."""
+    if getattr(cfg, "backend", "auto") != "auto":
+        return cfg.backend
+    return "reference" if cfg.schedule == "faithful" else "auto"
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg,
+        teacher: nn.Module,
+        quantized: Optional[nn.Module] = None,
+        generator: Optional[nn.Module] = None,
+        evaluate_fn: Optional[Callable[[nn.Module], float]] = None,
+        run_dir: Optional[str] = None,
+        progress: bool = True,
+        method: str = "adadfq",
+        autocast_dtype: Optional[torch.dtype] = None,
+    ):
+        from adadfq_fast.nn import quantize_model
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        self.P = teacher.to(self.device).eval()
+        example = torch.zeros(1, cfg.channels, cfg.img_size, cfg.img_size, device=self.device)
+        self.Q = (quantized if quantized is not None else
+                  quantize_model(self.P, cfg.wbits, cfg.abits, example_input=example)).to(self.device).eval()
+        self.G = (generator if generator is not None else
+                  build_generator(cfg.generator, cfg.num_classes, cfg.img_size, cfg.channels, cfg.latent_dim)
+                  ).to(self.device).train()
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.g_lr, betas=tuple(cfg.g_betas))
+        self.opt_q = torch.optim.SGD(self.Q.parameters(), lr=cfg.q_lr, momentum=cfg.q_momentum,
+                                     weight_decay=cfg.q_weight_decay, nesterov=cfg.q_nesterov)
+        self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, list(cfg.g_lr_milestones), cfg.g_lr_gamma)
+        self.sched_q = torch.optim.lr_scheduler.MultiStepLR(self.opt_q, list(cfg.q_lr_milestones), cfg.q_lr_gamma)
+        weights = LossWeights(cfg.lambda_l, cfg.lambda_u, cfg.alpha_ds, cfg.alpha_as, cfg.beta_l_bal, cfg.gamma_bns,
+                              cfg.temperature)
+        self.step = GameStep(self.P, self.G, self.Q, self.opt_g, self.opt_q, cfg.num_classes, cfg.latent_dim,
+                             cfg.batch_size, weights, schedule=cfg.schedule, method=method,
+                             autocast_dtype=autocast_dtype)
+        self.backend = _schedule_backend(cfg)
+        self.evaluate_fn = evaluate_fn
+        self.run_dir = run_dir
+        self.progress = progress
+        self.epoch = 0  # next epoch to run
+        self.best_acc = -math.inf
+        self.best_epoch = -1
+        self.history: List[dict] = []
+        self.h_norm_first: Optional[List[float]] = None
+        self.h_norm_last: Optional[List[float]] = None
+        if run_dir:
+            os.makedirs(run_dir, exist_ok=True)
+
+    # ---- one epoch ----------------------------------------------------------------------------------------
+    def ranges_frozen(self, epoch: int) -> bool:
+        return epoch >= self.cfg.act_range_unfreeze_epochs
+
+    def train_epoch(self, epoch: int, iters: Optional[int] = None) -> dict:
+        from adadfq_fast.nn import freeze_act_ranges, unfreeze_act_ranges
+
+        cfg = self.cfg
+        iters = cfg.iters_per_epoch if iters is None else iters
+        frozen = self.ranges_frozen(epoch)
+        (freeze_act_ranges if frozen else unfreeze_act_ranges)(self.Q)
+        step_q = epoch >= cfg.warmup_epochs
+        sums: Dict[str, Tensor] = {}
+        h_first = h_last = None
+        bar = _progress(range(iters), f"epoch {epoch + 1}/{cfg.epochs}", self.progress)
+        start = time.perf_counter()
+        with adadfq_fast.use_backend(self.backend):
+            for i in bar:
+                metrics = self.step(step_q=step_q, ranges_frozen=frozen)
+                h = metrics.pop("h_norm", None)
+                if h is not None:
+                    h_first = h if h_first is None else h_first
+                    h_last = h
+                    metrics["h_norm_mean"] = h.mean()
+                    metrics["h_norm_in_margin"] = ((h >= cfg.lambda_l) & (h <= cfg.lambda_u)).float().mean()
+                for k, v in metrics.items():
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        record = {k: (v / iters).item() for k, v in sums.items()}  # the epoch's one host synchronisation
+        record.update(epoch=epoch, iters=iters, seconds=seconds, iters_per_s=iters / seconds,
+                      lr_g=self.opt_g.param_groups[0]["lr"], lr_q=self.opt_q.param_groups[0]["lr"],
+                      q_stepped=step_q, ranges_frozen=frozen)
+        if h_first is not None:
+            if self.h_norm_first is None:
+                self.h_norm_first = h_first.float().cpu().tolist()
+            self.h_norm_last = h_last.float().cpu().tolist()
+        self.sched_g.step()
+        self.sched_q.step()
+        return record
+
+    # ---- the run ------------------------------------------------------------------------------------------
+    def fit(self, epochs: Optional[int] = None) -> dict:
+        cfg = self.cfg
+        last = cfg.epochs if epochs is None else min(cfg.epochs, self.epoch + epochs)
+        while self.epoch < last:
+            epoch = self.epoch
+            record = self.train_epoch(epoch)
+            if self.evaluate_fn is not None and cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0:
+                record["q_acc"] = float(self.evaluate_fn(self.Q))
+                if record["q_acc"] > self.best_acc:
+                    self.best_acc, self.best_epoch = record["q_acc"], epoch
+                    if self.run_dir:
+                        torch.save(self.Q.state_dict(), os.path.join(self.run_dir, "best_q.pt"))
+            record["best_acc"] = self.best_acc if self.best_epoch >= 0 else None
+            record["best_epoch"] = self.best_epoch if self.best_epoch >= 0 else None
+            self.history.append(record)
+            self.epoch = epoch + 1
+            self._log(record)
+            if self.run_dir and cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0:
+                self.save_checkpoint(os.path.join(self.run_dir, "checkpoint.pt"))
+        return self.summary()
+
+    def summary(self) -> dict:
+        done = [r for r in self.history if "iters_per_s" in r]
+        return dict(
+            epochs_done=self.epoch,
+            best_acc=self.best_acc if self.best_epoch >= 0 else None,
+            best_epoch=self.best_epoch if self.best_epoch >= 0 else None,
+            iters_per_s=(sum(r["iters"] for r in done) / sum(r["seconds"] for r in done)) if done else None,
+            h_norm_first=self.h_norm_first,
+            h_norm_last=self.h_norm_last,
+        )
+
+    def _log(self, record: dict) -> None:
+        if self.run_dir:
+            with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.progress:
+            keys = [k for k in ("loss_g", "loss_q", "l_bns", "h_norm_mean", "q_acc", "iters_per_s") if k in record]
+            print(f"epoch {record['epoch'] + 1}: " + ", ".join(f"{k}={record[k]:.4g}" for k in keys), flush=True)
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return dict(
+            format="adadfq_fast.trainer/1", epoch=self.epoch, G=self.G.state_dict(), Q=self.Q.state_dict(),
+            opt_g=self.opt_g.state_dict(), opt_q=self.opt_q.state_dict(), sched_g=self.sched_g.state_dict(),
+            sched_q=self.sched_q.state_dict(), best_acc=self.best_acc, best_epoch=self.best_epoch,
+            history=self.history, h_norm_first=self.h_norm_first, h_norm_last=self.h_norm_last, rng=rng_state(),
+            config=_config_dict(self.cfg),
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != "adadfq_fast.trainer/1":
+            raise ValueError(f"checkpoint: unknown format {state.get('format')!r} (expected adadfq_fast.trainer/1)")
+        self.G.load_state_dict(state["G"])
+        self.Q.load_state_dict(state["Q"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_q.load_state_dict(state["opt_q"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_q.load_state_dict(state["sched_q"])
+        self.epoch, self.best_acc, self.best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+        self.history = list(state["history"])
+        self.h_norm_first, self.h_norm_last = state.get("h_norm_first"), state.get("h_norm_last")
+        set_rng_state(state["rng"])
+
+    def save_checkpoint(self, path: str) -> None:
+        tmp = path + ".tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)  # never leave a half-written checkpoint behind
+
+    def load_checkpoint(self, path: str) -> None:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"resume: no checkpoint at {path}")
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+
+def _config_dict(cfg) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
+
+
+def _progress(it, desc: str, enabled: bool):
+    if not enabled:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
