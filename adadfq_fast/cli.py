@@ -2,6 +2,7 @@
 
   adadfq-fast env                     versions, devices, and which backends are available or why not
   adadfq-fast bench ops [--json P]    fused ops vs the reference (see adadfq_fast/bench/ops.py)
+  adadfq-fast bench step [...]        one game iteration, faithful vs fast (see adadfq_fast/bench/step.py)
 """
 from __future__ import annotations
 
@@ -55,13 +56,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="adadfq-fast", description="Adaptive Data-Free Quantization, fast.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("env", help="versions, devices and available backends")
-    bench = sub.add_parser("bench", help="benchmarks: 'bench ops'")
-    bench.add_argument("what", choices=["ops"])
+    bench = sub.add_parser("bench", help="benchmarks: 'bench ops', 'bench step'")
+    bench.add_argument("what", choices=["ops", "step"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see 'bench ops --help')")
     args = parser.parse_args(argv)
     if args.command == "env":
         return _env(args)
     if args.command == "bench":
+        if args.what == "step":
+            from adadfq_fast.bench import step
+
+            return step.main(args.rest)
         from adadfq_fast.bench import ops
 
         return ops.main(args.rest)

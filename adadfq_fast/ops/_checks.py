@@ -113,6 +113,8 @@ def check_label_values(y: Tensor, num_classes: int) -> None:
 
 def is_dense(x: Tensor) -> bool:
     """Non-overlapping and dense: contiguous in *some* dimension order (contiguous, channels_last, ...)."""
+    if x.is_contiguous():
+        return True
     expected = 1
     for d in sorted((d for d in range(x.dim()) if x.shape[d] != 1), key=lambda d: x.stride(d)):
         if x.stride(d) != expected:

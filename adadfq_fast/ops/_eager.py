@@ -9,11 +9,19 @@ those systems understand. Both paths run the same implementation functions; test
 """
 import torch
 
+from .. import _backend
+from .native import native_op
+
 
 def use_custom_op(*tensors: torch.Tensor) -> bool:
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
         return True
-    return any(type(t) is not torch.Tensor for t in tensors)
+    return any(type(t) not in _PLAIN for t in tensors)
+
+
+# Plain tensors and parameters run eagerly; any other subclass (FakeTensor, FunctionalTensor, user subclasses)
+# goes through the custom op, whose dispatch those subclasses implement.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def native_kernel(kernel: str, device: torch.device):
@@ -22,9 +30,6 @@ def native_kernel(kernel: str, device: torch.device):
     The native ops carry their own C++ autograd formulas (csrc/cpu/autograd.cpp), so calling one directly is the
     whole eager forward, and its backward runs without Python.
     """
-    from .. import _backend
-    from .native import native_op
-
     if _backend.resolve(kernel, device) in _backend.NATIVE_BACKENDS:
         return native_op(kernel)
     return None

@@ -43,5 +43,12 @@ for _name, _schema in SCHEMAS.items():
     _lib.define(_name + _schema)
 
 
+_HANDLES = {}
+
+
 def native_op(name: str):
-    return getattr(getattr(torch.ops, NAMESPACE), name).default
+    """The ``adadfq_native::<name>`` overload (cached: attribute lookups on torch.ops cost microseconds)."""
+    op = _HANDLES.get(name)
+    if op is None:
+        op = _HANDLES[name] = getattr(getattr(torch.ops, NAMESPACE), name).default
+    return op
