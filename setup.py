@@ -20,7 +20,10 @@ import shutil
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = ["adadfq_fast", "adadfq_fast.ops", "adadfq_fast.backends", "adadfq_fast.kernels"]
+PACKAGES = ["adadfq_fast", "adadfq_fast.ops", "adadfq_fast.nn", "adadfq_fast.backends", "adadfq_fast.kernels", "adadfq_fast.models", "adadfq_fast.data"]
+PACKAGES += ["adadfq_fast.game", "adadfq_fast.config"]
+# The published presets are TOML files read at run time (importlib.resources), so they must ship in the wheel.
+PACKAGE_DATA = {"adadfq_fast.config": ["presets/*.toml"]}
 # Triton kernels live in the top-level kernels/ folder (beside csrc/) and install as adadfq_fast.kernels.
 PACKAGE_DIR = {"adadfq_fast.kernels": "kernels"}
 
@@ -90,6 +93,7 @@ ext_modules, cmdclass = _extensions()
 setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
+    package_data=PACKAGE_DATA,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     options={"bdist_wheel": {"py_limited_api": "cp311"}} if ext_modules else {},

@@ -1,6 +1,8 @@
 """``adadfq-fast`` command line (also ``python -m adadfq_fast``).
 
   adadfq-fast env                     versions, devices, and which backends are available or why not
+  adadfq-fast train --config PRESET   the game loop (presets, .toml, or the authors' .hocon; key=value overrides)
+  adadfq-fast eval --model ... --checkpoint ... --dataset ...   top-1 of an FP model or a quantized checkpoint
   adadfq-fast bench ops [--json P]    fused ops vs the reference (see adadfq_fast/bench/ops.py)
   adadfq-fast bench step [...]        one game iteration, faithful vs fast (see adadfq_fast/bench/step.py)
 """
@@ -56,20 +58,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="adadfq-fast", description="Adaptive Data-Free Quantization, fast.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("env", help="versions, devices and available backends")
+    for name, helptext in (("train", "run AdaDFQ's game on a teacher ('train --help')"),
+                           ("eval", "top-1 of a model or a quantized checkpoint ('eval --help')")):
+        cmd = sub.add_parser(name, help=helptext, add_help=False)
+        cmd.add_argument("rest", nargs=argparse.REMAINDER)
     bench = sub.add_parser("bench", help="benchmarks: 'bench ops', 'bench step'")
     bench.add_argument("what", choices=["ops", "step"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see 'bench ops --help')")
+    # Subcommands with options of their own get their arguments untouched (argparse's REMAINDER would refuse
+    # a first argument that looks like an option).
+    if argv and argv[0] in ("train", "eval"):
+        from adadfq_fast import cli_train
+
+        return (cli_train.train_main if argv[0] == "train" else cli_train.eval_main)(argv[1:])
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("ops", "step"):
+        from adadfq_fast.bench import ops, step
+
+        return (ops.main if argv[1] == "ops" else step.main)(argv[2:])
     args = parser.parse_args(argv)
     if args.command == "env":
         return _env(args)
-    if args.command == "bench":
-        if args.what == "step":
-            from adadfq_fast.bench import step
-
-            return step.main(args.rest)
-        from adadfq_fast.bench import ops
-
-        return ops.main(args.rest)
     return 2
 
 

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+import warnings
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -153,8 +154,11 @@ class Trainer:
             if self.h_norm_first is None:
                 self.h_norm_first = h_first.float().cpu().tolist()
             self.h_norm_last = h_last.float().cpu().tolist()
-        self.sched_g.step()
-        self.sched_q.step()
+        with warnings.catch_warnings():
+            # During warmup Q's optimiser has not stepped yet; its schedule still counts epochs, as the original's.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            self.sched_g.step()
+            self.sched_q.step()
         return record
 
     # ---- the run ------------------------------------------------------------------------------------------
@@ -165,6 +169,11 @@ class Trainer:
             epoch = self.epoch
             record = self.train_epoch(epoch)
             if self.evaluate_fn is not None and cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0:
+                # The original freezes Q's ranges before testing (real data must not move them); the next epoch
+                # sets them again from its own number.
+                from adadfq_fast.nn import freeze_act_ranges
+
+                freeze_act_ranges(self.Q)
                 record["q_acc"] = float(self.evaluate_fn(self.Q))
                 if record["q_acc"] > self.best_acc:
                     self.best_acc, self.best_epoch = record["q_acc"], epoch

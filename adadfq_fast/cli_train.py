@@ -1,0 +1,116 @@
+"""``adadfq-fast train`` and ``adadfq-fast eval``: the game loop and evaluation from the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Optional, Sequence
+
+import torch
+
+
+def _teacher(cfg, checkpoint: Optional[str], pretrained: bool, random_teacher: bool):
+    from adadfq_fast.models import build_model
+
+    if not (checkpoint or pretrained or random_teacher):
+        raise SystemExit(
+            "train: the teacher P needs its weights: pass --teacher-checkpoint PATH (a state dict; pytorchcv's "
+            ".pth files load as they are) or --pretrained (pytorchcv's published weights, downloaded or found in "
+            "~/.torch/models). --random-teacher runs on an untrained teacher (for smoke tests only).")
+    return build_model(cfg.model, num_classes=cfg.num_classes, in_channels=cfg.channels, checkpoint=checkpoint,
+                       pretrained=pretrained)
+
+
+def _evaluator(cfg, data_root: Optional[str], device, progress: bool, max_batches: Optional[int] = None):
+    from adadfq_fast.data import evaluate, make_loader
+
+    loader = make_loader(cfg.dataset, batch_size=cfg.eval_batch_size, root=data_root or cfg.data_path or None)
+
+    def run(model):
+        return evaluate(model, loader, device=device, progress=progress, max_batches=max_batches)
+
+    return run
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="adadfq-fast train", description="Run AdaDFQ's game (G vs Q) on a teacher.")
+    p.add_argument("--config", default="cifar100_resnet20_w3a3",
+                   help="a preset name (e.g. cifar10_resnet20_w4a4), a .toml file, or the authors' .hocon file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings to override, e.g. wbits=4 epochs=10")
+    p.add_argument("--resume", nargs="?", const="", default=None,
+                   help="resume from a checkpoint (default: <output_dir>/<name>/checkpoint.pt)")
+    p.add_argument("--teacher-checkpoint", default=None, help="weights of the teacher P")
+    p.add_argument("--pretrained", action="store_true", help="use pytorchcv's published teacher weights")
+    p.add_argument("--random-teacher", action="store_true", help="untrained teacher (smoke tests)")
+    p.add_argument("--data-root", default=None, help="folder holding the real test set (for evaluation)")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluation (no real data needed)")
+    p.add_argument("--eval-batches", type=int, default=None, help="evaluate on the first N test batches only")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    from adadfq_fast.config import load_config, save_config
+    from adadfq_fast.game.trainer import Trainer, resolve_device
+
+    from adadfq_fast.config.schema import ConfigError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        p.error(str(e))
+    device = resolve_device(cfg.device)
+    teacher = _teacher(cfg, args.teacher_checkpoint, args.pretrained, args.random_teacher)
+    evaluate_fn = None if args.no_eval else _evaluator(cfg, args.data_root, device, not args.no_progress,
+                                                      args.eval_batches)
+    run_dir = os.path.join(cfg.output_dir, cfg.name)
+    trainer = Trainer(cfg, teacher, evaluate_fn=evaluate_fn, run_dir=run_dir, progress=not args.no_progress)
+    save_config(cfg, os.path.join(run_dir, "config.toml"))
+    resume = args.resume if args.resume is not None else (cfg.resume or None)
+    if resume is not None:
+        trainer.load_checkpoint(resume or os.path.join(run_dir, "checkpoint.pt"))
+        print(f"resumed at epoch {trainer.epoch} from {resume or os.path.join(run_dir, 'checkpoint.pt')}")
+    summary = trainer.fit()
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    best = summary["best_acc"]
+    print(f"done: {summary['epochs_done']} epochs, {summary['iters_per_s']:.2f} iterations/s, "
+          + (f"best top-1 {best:.2f}% at epoch {summary['best_epoch'] + 1}" if best is not None else "not evaluated")
+          + f"; run folder {run_dir}")
+    return 0
+
+
+def eval_main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="adadfq-fast eval", description="Top-1 of a model (FP or quantized) on a test set.")
+    p.add_argument("--model", required=True, help="model zoo name, e.g. resnet20_cifar10")
+    p.add_argument("--checkpoint", required=True, help="FP weights, or Q's state dict (with --wbits/--abits)")
+    p.add_argument("--dataset", required=True, help="cifar10, cifar100, imagenet or fashion_mnist")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--wbits", type=int, default=None, help="evaluate a quantized Q checkpoint at these bits")
+    p.add_argument("--abits", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    from adadfq_fast.data import dataset_info, evaluate, make_loader
+    from adadfq_fast.game.trainer import resolve_device
+    from adadfq_fast.models import build_model
+    from adadfq_fast.models.zoo import load_state_dict_file
+    from adadfq_fast.nn import freeze_act_ranges, quantize_model
+
+    device = resolve_device(args.device)
+    info = dataset_info(args.dataset)
+    if (args.wbits is None) != (args.abits is None):
+        p.error("--wbits and --abits go together")
+    if args.wbits is None:
+        model = build_model(args.model, num_classes=info["num_classes"], in_channels=info["in_channels"],
+                            checkpoint=args.checkpoint)
+    else:
+        fp = build_model(args.model, num_classes=info["num_classes"], in_channels=info["in_channels"])
+        example = torch.zeros(1, info["in_channels"], info["in_size"], info["in_size"])
+        model = quantize_model(fp, args.wbits, args.abits, example_input=example)
+        model.load_state_dict(load_state_dict_file(args.checkpoint))
+        freeze_act_ranges(model)
+    loader = make_loader(args.dataset, batch_size=args.batch_size, root=args.data_root)
+    acc = evaluate(model.to(device), loader, device=device, progress=not args.no_progress)
+    print(f"{args.model} on {args.dataset}: top-1 {acc:.2f}%")
+    return 0

@@ -1,0 +1,19 @@
+"""The AdaDFQ game: generators, BN-statistics capture (and, later, objectives, schedules and the trainer)."""
+from .bn_capture import BNCapture, bn_layers
+from .generators import (
+    GENERATOR_KINDS,
+    CategoricalConditionalBatchNorm2d,
+    CifarGenerator,
+    ImageNetGenerator,
+    build_generator,
+)
+
+__all__ = [
+    "BNCapture",
+    "bn_layers",
+    "GENERATOR_KINDS",
+    "CategoricalConditionalBatchNorm2d",
+    "CifarGenerator",
+    "ImageNetGenerator",
+    "build_generator",
+]
