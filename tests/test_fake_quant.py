@@ -116,3 +116,16 @@ def test_compile_fullgraph_forward_backward():
     expected = f(x2)
     (gx2,) = torch.autograd.grad(expected, x2)
     assert torch.equal(out, expected) and torch.equal(gx, gx2)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+def test_values_next_to_rounding_ties(cpu_backend, bits):
+    """Inputs a few ulps around each level's half-way point: the rounding must be the reference's exactly
+    (a kernel that rounds after shifting by the lowest level rounds twice and gets some of these wrong)."""
+    lo, hi = torch.tensor(-2.2373886), torch.tensor(2.3331504)
+    scale, zp = ref.quant_params(bits, lo, hi)
+    half = torch.arange(-(2 ** (bits - 1)) - 1, 2 ** (bits - 1) + 1, dtype=torch.float32) + 0.5
+    x = ((half + zp) / scale).repeat_interleave(9)
+    steps = torch.arange(-4, 5, dtype=torch.float32).repeat(len(half))
+    x = x + steps * torch.finfo(torch.float32).eps * x.abs().clamp_min(1e-3)  # walk a few ulps each side
+    torch.testing.assert_close(adadfq_fast.fake_quant(x, bits, lo, hi), ref.fake_quant(x, bits, lo, hi), rtol=0, atol=0)
