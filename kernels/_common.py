@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from adadfq_fast._layout import is_dense
+
 # torch dtype -> Triton dtype of the kernels' element pointers.
 TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
@@ -44,14 +46,6 @@ def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
-def is_dense(x: torch.Tensor) -> bool:
-    """Contiguous in some dimension order (the kernels read flat memory)."""
-    expected = 1
-    for d in sorted((d for d in range(x.dim()) if x.shape[d] != 1), key=lambda d: x.stride(d)):
-        if x.stride(d) != expected:
-            return False
-        expected *= x.shape[d]
-    return True
 
 
 def dense(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .._layout import is_dense
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MIN_BITS, MAX_BITS = 2, 8
 
@@ -109,18 +111,6 @@ def check_label_values(y: Tensor, num_classes: int) -> None:
     lo, hi = (int(v) for v in torch.aminmax(y))
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"y: labels must lie in [0, {num_classes - 1}], got values from {lo} to {hi}")
-
-
-def is_dense(x: Tensor) -> bool:
-    """Non-overlapping and dense: contiguous in *some* dimension order (contiguous, channels_last, ...)."""
-    if x.is_contiguous():
-        return True
-    expected = 1
-    for d in sorted((d for d in range(x.dim()) if x.shape[d] != 1), key=lambda d: x.stride(d)):
-        if x.stride(d) != expected:
-            return False
-        expected *= x.shape[d]
-    return True
 
 
 def dense(x: Tensor) -> Tensor:

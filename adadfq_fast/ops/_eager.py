@@ -33,3 +33,14 @@ def native_kernel(kernel: str, device: torch.device):
     if _backend.resolve(kernel, device) in _backend.NATIVE_BACKENDS:
         return native_op(kernel)
     return None
+
+
+def call(kernel: str, custom_op, eager_fn, prepare, args, tensors):
+    """The public ops' dispatch: the custom op under tracing/modes/subclasses; else the native op (C++ autograd)
+    when a compiled backend serves ``kernel``; else the Python ``autograd.Function`` (reference, Triton)."""
+    if use_custom_op(*tensors):
+        return custom_op(*args)
+    native = native_kernel(kernel, tensors[0].device)
+    if native is not None:
+        return native(*prepare(*args))
+    return eager_fn(*args)

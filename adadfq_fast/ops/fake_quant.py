@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
-from ._eager import native_kernel, use_custom_op
+from ._eager import call
 
 
 def _check(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int) -> None:
@@ -87,9 +87,4 @@ def fake_quant(
     _checks.check_float("x", x)
     lo, hi = _as_range(lo, x), _as_range(hi, x)
     args = (x, bits, lo, hi, _checks.normalize_axis(axis, x.dim()))
-    if use_custom_op(x, lo, hi):
-        return fake_quant_op(*args)
-    native = native_kernel("fake_quant", x.device)
-    if native is not None and x.numel() > 0:
-        return native(*_prepare(*args))
-    return _EagerFakeQuant.apply(*args)
+    return call("fake_quant", fake_quant_op, _EagerFakeQuant.apply, _prepare, args, (x, lo, hi))

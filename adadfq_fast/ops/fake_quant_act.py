@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
-from ._eager import native_kernel, use_custom_op
+from ._eager import call
 
 
 def _check(x: Tensor, bits: int, state: Tensor, beta: float) -> None:
@@ -77,12 +77,7 @@ def new_act_state(device=None) -> Tensor:
 def fake_quant_act(x: Tensor, bits: int, state: Tensor, beta: float = 0.9, update: bool = True) -> Tensor:
     """Quantize an activation per tensor, updating the running range ``state`` in place when ``update``."""
     args = (x, bits, state, float(beta), bool(update))
-    native = None if use_custom_op(x, state) else native_kernel("fake_quant_act", x.device)
-    if native is not None and x.numel() > 0:
-        out, new_state = native(*_prepare(*args))
-    else:
-        op = fake_quant_act_op if use_custom_op(x, state) else _EagerFakeQuantAct.apply
-        out, new_state = op(*args)
+    out, new_state = call("fake_quant_act", fake_quant_act_op, _EagerFakeQuantAct.apply, _prepare, args, (x, state))
     if update:
         with torch.no_grad():
             state.copy_(new_state)

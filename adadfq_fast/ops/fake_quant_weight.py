@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
-from ._eager import native_kernel, use_custom_op
+from ._eager import call
 
 
 def _check(w: Tensor, bits: int) -> None:
@@ -20,11 +20,17 @@ def _check(w: Tensor, bits: int) -> None:
         raise ValueError("w: expected at least 1 dim (output channels first), got a 0-d tensor")
 
 
-def _forward(w: Tensor, bits: int) -> Tensor:
+def _prepare(w: Tensor, bits: int):
+    """Checks, then the kernel's arguments (w dense)."""
     _check(w, bits)
+    return _checks.dense(w), bits
+
+
+def _forward(w: Tensor, bits: int) -> Tensor:
+    args = _prepare(w, bits)
     if w.numel() == 0:
         return torch.empty_like(w)
-    return _backend.kernel_for("fake_quant_weight", w.device)(_checks.dense(w), bits)
+    return _backend.kernel_for("fake_quant_weight", w.device)(*args)
 
 
 fake_quant_weight_op = torch.library.custom_op("adadfq::fake_quant_weight", _forward, mutates_args=())
@@ -50,10 +56,4 @@ class _EagerFakeQuantWeight(torch.autograd.Function):
 
 def fake_quant_weight(w: Tensor, bits: int) -> Tensor:
     """Quantize-dequantize a weight per output channel (dim 0) over its own min/max."""
-    if use_custom_op(w):
-        return fake_quant_weight_op(w, bits)
-    native = native_kernel("fake_quant_weight", w.device)
-    if native is not None and w.numel() > 0:
-        _check(w, bits)
-        return native(_checks.dense(w), bits)
-    return _EagerFakeQuantWeight.apply(w, bits)
+    return call("fake_quant_weight", fake_quant_weight_op, _EagerFakeQuantWeight.apply, _prepare, (w, bits), (w,))

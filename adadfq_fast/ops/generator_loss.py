@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
-from ._eager import native_kernel, use_custom_op
+from ._eager import call
 
 
 def _check(t: Tensor, s: Tensor, y: Tensor) -> None:
@@ -119,14 +119,8 @@ def adadfq_generator_loss_with_entropy(
     _checks.check_logits(t, s)
     t, s = _checks.common_logit_dtype(t, s)
     args = (t, s, y, float(lambda_l), float(lambda_u), float(alpha_ds), float(alpha_as))
-    if use_custom_op(t, s, y):
-        margin, bal, row_stats = generator_loss_op(*args)
-    else:
-        native = native_kernel("generator_loss", t.device)
-        if native is not None:
-            margin, bal, row_stats = native(*_prepare(*args))
-        else:
-            margin, bal, row_stats = _EagerGeneratorLoss.apply(*args)
+    margin, bal, row_stats = call("generator_loss", generator_loss_op, _EagerGeneratorLoss.apply, _prepare, args,
+                                  (t, s, y))
     return margin, bal, row_stats[0]
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
-from ._eager import native_kernel, use_custom_op
+from ._eager import call
 
 
 def _check(t: Tensor, s: Tensor, temperature: float) -> None:
@@ -89,9 +89,4 @@ def adadfq_student_loss(t: Tensor, s: Tensor, T: float = 20.0) -> Tensor:
     _checks.check_logits(t, s)
     t, s = _checks.common_logit_dtype(t, s)
     args = (t, s, float(T))
-    if use_custom_op(t, s):
-        return student_loss_op(*args)[0]
-    native = native_kernel("student_loss", t.device)
-    if native is not None:
-        return native(*_prepare(*args))[0]
-    return _EagerStudentLoss.apply(*args)[0]
+    return call("student_loss", student_loss_op, _EagerStudentLoss.apply, _prepare, args, (t, s))[0]

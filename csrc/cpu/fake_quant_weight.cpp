@@ -9,6 +9,7 @@ namespace {
 
 at::Tensor fake_quant_weight(const at::Tensor& w, int64_t bits) {
   check_cpu(w, "w");
+  if (w.numel() == 0) return at::empty_like(w);
   const int64_t channels = w.size(0);
   const int64_t numel = w.numel();
   const int64_t inner = inner_size(w, 0, channels);
