@@ -108,21 +108,15 @@ std::tuple<at::Tensor, at::Tensor> generator_loss_backward(const at::Tensor& gra
     scalar_t* gt = grad_t.data_ptr<scalar_t>();
     scalar_t* gs = grad_s.data_ptr<scalar_t>();
     at::parallel_for(0, batch, kRowsPerTask, [&](int64_t r0, int64_t r1) {
+      std::vector<float> tb, sb, gtb, gsb;
       for (int64_t r = r0; r < r1; ++r) {
-        const int64_t base = r * classes, label = labels[r];
-        const float hr = h[r], ld = lse_d[r], la = lse_a[r], dhr = dh[r];
-ADADFQ_SIMD
-        for (int64_t k = 0; k < classes; ++k) {
-          const float tk = static_cast<float>(pt[base + k]), sk = static_cast<float>(ps[base + k]);
-          const float onehot = k == label ? 1.f : 0.f;
-          const float logp_d = (tk - sk) - ld;
-          const float p_d = exp_approx(logp_d);
-          const float p_a = exp_approx((tk + sk) - la);
-          const float g_d = dhr * (-p_d * (logp_d + hr)) + cd * (p_d - onehot);
-          const float g_a = ca * (p_a - onehot);
-          gt[base + k] = static_cast<scalar_t>(g_d + g_a);
-          gs[base + k] = static_cast<scalar_t>(g_a - g_d);
-        }
+        const int64_t base = r * classes;
+        float* gtr = out_row_as_float(gt + base, classes, gtb);
+        float* gsr = out_row_as_float(gs + base, classes, gsb);
+        generator_grad_row(row_as_float(pt + base, classes, tb), row_as_float(ps + base, classes, sb), gtr, gsr,
+                           classes, labels[r], h[r], lse_d[r], lse_a[r], dh[r], cd, ca);
+        store_row(gtr, gt + base, classes);
+        store_row(gsr, gs + base, classes);
       }
     });
   });

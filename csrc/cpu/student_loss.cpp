@@ -55,15 +55,13 @@ at::Tensor student_loss_backward(const at::Tensor& grad, const at::Tensor& t, co
     const scalar_t* ps = s.const_data_ptr<scalar_t>();
     scalar_t* gs = grad_s.data_ptr<scalar_t>();
     at::parallel_for(0, batch, kRowsPerTask, [&](int64_t r0, int64_t r1) {
+      std::vector<float> tb, sb, gb;
       for (int64_t r = r0; r < r1; ++r) {
-        const float hr = h[r], lr = lse[r];
         const int64_t base = r * classes;
-ADADFQ_SIMD
-        for (int64_t k = 0; k < classes; ++k) {
-          const float logp = (static_cast<float>(pt[base + k]) - static_cast<float>(ps[base + k])) * inv_t - lr;
-          const float p = exp_approx(logp);
-          gs[base + k] = static_cast<scalar_t>(coef * (-p * (logp + hr)));
-        }
+        float* gsr = out_row_as_float(gs + base, classes, gb);
+        student_grad_row(row_as_float(pt + base, classes, tb), row_as_float(ps + base, classes, sb), gsr, classes,
+                         inv_t, lse[r], h[r], coef);
+        store_row(gsr, gs + base, classes);
       }
     });
   });
