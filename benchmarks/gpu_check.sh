@@ -13,6 +13,9 @@ export PYTHONUNBUFFERED=1
 exec > >(tee "$DEST/gpu_check.log") 2>&1
 start=$(date +%s)
 step() { echo; echo "=== $* ($(( $(date +%s) - start ))s)"; }
+# Every later step gets at most what is left of a 470 s budget, so the whole check ends inside 8 minutes.
+BUDGET=470
+left() { local l=$(( BUDGET - ($(date +%s) - start) )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"; }
 
 step "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
@@ -20,25 +23,33 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torc
 
 step "build (CUDA kernels for sm_90; no network: no dependencies, no build isolation)"
 export ADADFQ_BUILD_CUDA=1 ADADFQ_CUDA_ARCHS=${ADADFQ_CUDA_ARCHS:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-if ! timeout 300 python3 -m pip install -q --no-deps --no-build-isolation -e . ; then
+if ! timeout $(left 300) python3 -m pip install -q --no-deps --no-build-isolation -e . ; then
   echo "pip build failed; trying setup.py build_ext --inplace"
-  timeout 300 python3 setup.py -q build_ext --inplace || { echo "BUILD FAILED"; exit 1; }
+  timeout $(left 300) python3 setup.py -q build_ext --inplace || { echo "BUILD FAILED"; exit 1; }
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 python3 -m adadfq_fast env
 
 step "GPU test tier (cuda + triton backends vs reference, CUDA graph capture/replay)"
-timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_backends.py tests/test_triton_kernels.py \
+timeout $(left 240) python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_backends.py tests/test_triton_kernels.py \
   --junitxml="$DEST/gpu_tests.xml" 2>&1 | tail -40
 
-step "bench ops on the GPU (all settings; then torch.compile(reference) at ResNet-18 batch 16, compiles are slow)"
-timeout 120 python3 -m adadfq_fast bench ops --device cuda --repeats 30 --no-progress --no-compile-reference \
+step "bench ops on the GPU (all settings; reference, aten, triton, cuda)"
+timeout $(left 120) python3 -m adadfq_fast bench ops --device cuda --repeats 30 --no-progress --no-compile-reference \
   --json "$DEST/bench_ops_gpu.json"
-timeout 150 python3 -m adadfq_fast bench ops --device cuda --repeats 30 --no-progress --compile-reference \
-  --settings resnet18_b16 logits_b256_c1000 --json "$DEST/bench_ops_gpu_compiled.json"
 
 step "copy bandwidth ceiling vs fake-quant forward (64 and 256 MB)"
-timeout 90 python3 benchmarks/bench_bandwidth.py --device cuda --sizes-mb 64 256 --json "$DEST/bandwidth_gpu.json"
+timeout $(left 90) python3 benchmarks/bench_bandwidth.py --device cuda --sizes-mb 64 256 --json "$DEST/bandwidth_gpu.json"
+
+step "bench step: one game iteration, faithful vs fast (ResNet-20 CIFAR and ResNet-18 224 px, batch 16)"
+timeout $(left 120) python3 -m adadfq_fast bench step --device cuda --model resnet20_cifar10 --batch 16 --iters 20 \
+  --json "$DEST/bench_step_gpu_resnet20.json"
+timeout $(left 150) python3 -m adadfq_fast bench step --device cuda --model resnet18 --batch 16 --iters 10 \
+  --json "$DEST/bench_step_gpu_resnet18.json"
+
+step "bench ops with torch.compile(reference), ResNet-18 batch 16 and the large logits (compiles are slow: last)"
+timeout $(left 150) python3 -m adadfq_fast bench ops --device cuda --repeats 30 --no-progress --compile-reference \
+  --settings resnet18_b16 logits_b256_c1000 --json "$DEST/bench_ops_gpu_compiled.json"
 
 if [ "$DEST" != "$RESULTS" ]; then cp "$DEST"/*.json "$DEST"/*.md "$RESULTS"/ 2>/dev/null || true; fi
 step "done; results in $DEST"
