@@ -32,8 +32,15 @@ def _evaluator(cfg, data_root: Optional[str], device, progress: bool, max_batche
     return run
 
 
+def _rank0_only(model):
+    raise RuntimeError("evaluation runs on rank 0 only")
+
+
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="adadfq-fast train", description="Run AdaDFQ's game (G vs Q) on a teacher.")
+    p = argparse.ArgumentParser(
+        prog="adadfq-fast train", description="Run AdaDFQ's game (G vs Q) on a teacher. Multi-process: "
+        "torchrun --nproc_per_node=N -m adadfq_fast train ... (each rank generates its own samples; gradients and "
+        "Q's activation ranges are reduced across ranks; rank 0 evaluates and writes the run folder).")
     p.add_argument("--config", default="cifar100_resnet20_w3a3",
                    help="a preset name (e.g. cifar10_resnet20_w4a4), a .toml file, or the authors' .hocon file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings to override, e.g. wbits=4 epochs=10")
@@ -48,8 +55,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
-    from adadfq_fast.config import load_config, save_config
-    from adadfq_fast.game.trainer import Trainer, resolve_device
+    from adadfq_fast.config import load_config
+    from adadfq_fast.game import distributed as ddp
 
     from adadfq_fast.config.schema import ConfigError
 
@@ -57,22 +64,45 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         p.error(str(e))
-    device = resolve_device(cfg.device)
+    # Under torchrun (WORLD_SIZE > 1) join the process group before anything touches a device.
+    _, world = ddp.init_from_env(cfg.device)
+    try:
+        return _train(args, cfg, world)
+    finally:
+        ddp.shutdown()
+
+
+def _train(args, cfg, world: int) -> int:
+    from adadfq_fast.config import save_config
+    from adadfq_fast.game import distributed as ddp
+    from adadfq_fast.game.trainer import Trainer, resolve_device
+
+    main = ddp.is_main()
+    device = ddp.local_device(resolve_device(cfg.device))
     teacher = _teacher(cfg, args.teacher_checkpoint, args.pretrained, args.random_teacher)
-    evaluate_fn = None if args.no_eval else _evaluator(cfg, args.data_root, device, not args.no_progress,
-                                                      args.eval_batches)
+    evaluate_fn = None
+    if not args.no_eval:  # every rank needs one (or none); only rank 0's loads the test set and runs
+        evaluate_fn = (_evaluator(cfg, args.data_root, device, not args.no_progress, args.eval_batches) if main
+                       else _rank0_only)
     run_dir = os.path.join(cfg.output_dir, cfg.name)
     trainer = Trainer(cfg, teacher, evaluate_fn=evaluate_fn, run_dir=run_dir, progress=not args.no_progress)
-    save_config(cfg, os.path.join(run_dir, "config.toml"))
+    if main:
+        save_config(cfg, os.path.join(run_dir, "config.toml"))
     resume = args.resume if args.resume is not None else (cfg.resume or None)
     if resume is not None:
         trainer.load_checkpoint(resume or os.path.join(run_dir, "checkpoint.pt"))
-        print(f"resumed at epoch {trainer.epoch} from {resume or os.path.join(run_dir, 'checkpoint.pt')}")
+        if main:
+            print(f"resumed at epoch {trainer.epoch} from {resume or os.path.join(run_dir, 'checkpoint.pt')}")
     summary = trainer.fit()
+    if not main:
+        return 0
+    if world > 1:
+        summary["world_size"] = world
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     best = summary["best_acc"]
-    print(f"done: {summary['epochs_done']} epochs, {summary['iters_per_s']:.2f} iterations/s, "
+    speed = f"{summary['iters_per_s']:.2f} iterations/s" + (f" per rank ({world} ranks)" if world > 1 else "")
+    print(f"done: {summary['epochs_done']} epochs, {speed}, "
           + (f"best top-1 {best:.2f}% at epoch {summary['best_epoch'] + 1}" if best is not None else "not evaluated")
           + f"; run folder {run_dir}")
     return 0

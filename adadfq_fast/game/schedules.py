@@ -21,11 +21,17 @@ Every op runs on the backend selected around the call (``adadfq_fast.use_backend
 faithful schedule on the ``reference`` backend by default (the authors' math as chains of PyTorch ops) and
 ``fast`` on ``auto`` (the fused kernels). Each iteration returns its metrics as device tensors (no host
 synchronisation inside the iteration).
+
+Two optional hooks make one iteration data parallel (``adadfq_fast.game.distributed``; both default to None: a
+single process, no overhead): ``after_q_forward()`` runs right after every Q forward that updates the ranges
+(only while they are unfrozen; faithful and unfrozen fast run two), so the ranks reduce their ranges before
+anything reads them again; ``reduce_grads(grads)`` averages, in place, the gradients G's and Q's optimisers are
+about to step with (``p.grad`` after faithful's backward; the tensors from ``autograd.grad`` in fast).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +76,8 @@ class GameStep:
         method: str = "adadfq",
         autocast_dtype: Optional[torch.dtype] = None,
         channels_last: bool = False,
+        after_q_forward: Optional[Callable[[], None]] = None,
+        reduce_grads: Optional[Callable[[List[Tensor]], None]] = None,
     ):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
@@ -82,6 +90,8 @@ class GameStep:
         self.schedule, self.method = schedule, method
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
+        self.after_q_forward = after_q_forward
+        self.reduce_grads = reduce_grads
         self.capture = BNCapture(teacher).attach()
         self.g_params: List[nn.Parameter] = [p for p in generator.parameters() if p.requires_grad]
         self.q_params: List[nn.Parameter] = [p for p in quantized.parameters() if p.requires_grad]
@@ -136,25 +146,37 @@ class GameStep:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def _q_forward(self, x: Tensor, ranges_frozen: bool) -> Tensor:
+        s = self.Q(x)
+        if not ranges_frozen and self.after_q_forward is not None:
+            self.after_q_forward()
+        return s
+
+    def _reduce_param_grads(self, params: List[nn.Parameter]) -> None:
+        if self.reduce_grads is not None:
+            self.reduce_grads([p.grad for p in params if p.grad is not None])
+
     # ---- the iteration ------------------------------------------------------------------------------------
     def __call__(self, step_q: bool, ranges_frozen: bool) -> Dict[str, Tensor]:
         if self.schedule == "faithful":
-            return self._faithful(step_q)
+            return self._faithful(step_q, ranges_frozen)
         return self._fast(step_q, ranges_frozen)
 
-    def _faithful(self, step_q: bool) -> Dict[str, Tensor]:
+    def _faithful(self, step_q: bool, ranges_frozen: bool) -> Dict[str, Tensor]:
         x, y = self._generate()
         t = self._teacher(x)
-        s = self.Q(x)
+        s = self._q_forward(x, ranges_frozen)
         m = self._generator_objective(t, s, y, self._bns())
         self.opt_g.zero_grad(set_to_none=True)
         m["loss_g"].backward()
+        self._reduce_param_grads(self.g_params)
         self.opt_g.step()
-        s2 = self.Q(x.detach())
+        s2 = self._q_forward(x.detach(), ranges_frozen)
         loss_q = self._student_objective(t.detach(), s2, y)
         if step_q:
             self.opt_q.zero_grad(set_to_none=True)
             loss_q.backward()
+            self._reduce_param_grads(self.q_params)
             self.opt_q.step()
         m["loss_q"] = loss_q.detach()
         return {k: v.detach() for k, v in m.items()}
@@ -162,23 +184,32 @@ class GameStep:
     def _fast(self, step_q: bool, ranges_frozen: bool) -> Dict[str, Tensor]:
         x, y = self._generate()
         t = self._teacher(x)
-        s = self.Q(x)
+        s = self._q_forward(x, ranges_frozen)
         m = self._generator_objective(t, s, y, self._bns())
+        reduce = self.reduce_grads
         if ranges_frozen:
             # One Q forward serves both players: both gradients are taken before either optimiser steps, which
             # is what faithful computes too (its Q step reads x and t made before G's step).
             loss_q = self._student_objective(t.detach(), s, y)
             grads_g = torch.autograd.grad(m["loss_g"], self.g_params, retain_graph=step_q)
-            grads_q = torch.autograd.grad(loss_q, self.q_params) if step_q else None
+            grads_q = torch.autograd.grad(loss_q, self.q_params) if step_q else ()
+            if reduce is not None:  # both sets are ready: one reduction for the two
+                reduce(list(grads_g) + list(grads_q))
             _step(self.opt_g, self.g_params, grads_g)
             if step_q:
                 _step(self.opt_q, self.q_params, grads_q)
         else:
-            _step(self.opt_g, self.g_params, torch.autograd.grad(m["loss_g"], self.g_params))
-            s2 = self.Q(x.detach())
+            grads_g = torch.autograd.grad(m["loss_g"], self.g_params)
+            if reduce is not None:
+                reduce(list(grads_g))
+            _step(self.opt_g, self.g_params, grads_g)
+            s2 = self._q_forward(x.detach(), ranges_frozen)
             loss_q = self._student_objective(t.detach(), s2, y)
             if step_q:
-                _step(self.opt_q, self.q_params, torch.autograd.grad(loss_q, self.q_params))
+                grads_q = torch.autograd.grad(loss_q, self.q_params)
+                if reduce is not None:
+                    reduce(list(grads_q))
+                _step(self.opt_q, self.q_params, grads_q)
         m["loss_q"] = loss_q.detach()
         return {k: v.detach() for k, v in m.items()}
 

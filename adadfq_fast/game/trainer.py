@@ -9,9 +9,24 @@ optimisers, schedulers, range states, RNG states, epoch, history) to ``<run_dir>
 Schedule of the official configs (spec): activation ranges update during epochs [0, act_range_unfreeze_epochs)
 and are frozen after; Q is stepped only from ``warmup_epochs`` on; both learning rates are multiplied by their
 gamma at their milestones (per epoch).
+
+Multi-process (``torchrun``; the process group must be initialised before the Trainer is built, e.g. by
+:func:`adadfq_fast.game.distributed.init_from_env`): every rank builds the players from ``cfg.seed`` and then takes
+rank 0's G, Q and P; each iteration averages G's and Q's gradients and reduces Q's activation ranges across the
+ranks (:mod:`adadfq_fast.game.distributed`), so all ranks keep identical players while each generates its own
+samples (effective batch ``world_size x batch_size``). Each rank's sampling RNGs (python, numpy, torch) are
+reseeded at the start of every epoch from ``(seed, rank, epoch)``: the streams differ across ranks and epochs,
+and a resumed run draws exactly what the uninterrupted one drew without storing any rank's RNG state (the
+checkpoint keeps rank 0's, which only a single-process resume uses). Only rank 0 evaluates (the accuracy is
+broadcast so every rank tracks the same best epoch), prints, and writes logs, checkpoints and ``best_q.pt``. The
+logged losses are means over the ranks; ``iters_per_s`` is per rank (each iteration is ``world_size`` batches).
+G's BatchNorm running statistics (never used: G stays in train mode) are averaged over the ranks every epoch.
+Every rank must be given an ``evaluate_fn`` or none (rank 0's is the one called); on resume every rank reads the
+checkpoint (multi-node runs need it on a shared filesystem).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -26,6 +41,7 @@ from torch import Tensor, nn
 
 import adadfq_fast
 
+from . import distributed as ddp
 from .generators import build_generator
 from .schedules import GameStep, LossWeights
 
@@ -60,6 +76,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """Seed of one rank's sampling streams in one epoch (multi-process runs): well mixed, so that nearby
+    (seed, rank, epoch) give unrelated streams."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
 def _schedule_backend(cfg) -> str:
     """Ops backend for the run: the config's, or by default reference for faithful (the authors' math as chains
     of PyTorch ops) and auto (fused kernels) for fast."""
@@ -81,10 +103,12 @@ class Trainer:
         method: str = "adadfq",
         autocast_dtype: Optional[torch.dtype] = None,
     ):
-        from adadfq_fast.nn import quantize_model
+        from adadfq_fast.nn import act_quantizers, quantize_model
 
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.rank, self.world_size = ddp.get_rank(), ddp.get_world_size()
+        self.is_main = self.rank == 0
+        self.device = ddp.local_device(resolve_device(cfg.device))
         seed_everything(cfg.seed)
         self.P = teacher.to(self.device).eval()
         example = torch.zeros(1, cfg.channels, cfg.img_size, cfg.img_size, device=self.device)
@@ -93,6 +117,9 @@ class Trainer:
         self.G = (generator if generator is not None else
                   build_generator(cfg.generator, cfg.num_classes, cfg.img_size, cfg.channels, cfg.latent_dim)
                   ).to(self.device).train()
+        if self.world_size > 1:  # every rank starts from rank 0's players (buffers and range states included)
+            for module in (self.P, self.Q, self.G):
+                ddp.broadcast_module(module)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.g_lr, betas=tuple(cfg.g_betas))
         self.opt_q = torch.optim.SGD(self.Q.parameters(), lr=cfg.q_lr, momentum=cfg.q_momentum,
                                      weight_decay=cfg.q_weight_decay, nesterov=cfg.q_nesterov)
@@ -100,21 +127,25 @@ class Trainer:
         self.sched_q = torch.optim.lr_scheduler.MultiStepLR(self.opt_q, list(cfg.q_lr_milestones), cfg.q_lr_gamma)
         weights = LossWeights(cfg.lambda_l, cfg.lambda_u, cfg.alpha_ds, cfg.alpha_as, cfg.beta_l_bal, cfg.gamma_bns,
                               cfg.temperature)
+        hooks = {}
+        if self.world_size > 1:
+            sync_ranges = functools.partial(ddp.sync_act_ranges, act_quantizers(self.Q))
+            hooks = dict(after_q_forward=sync_ranges, reduce_grads=ddp.all_reduce_grads)
         self.step = GameStep(self.P, self.G, self.Q, self.opt_g, self.opt_q, cfg.num_classes, cfg.latent_dim,
                              cfg.batch_size, weights, schedule=cfg.schedule, method=method,
-                             autocast_dtype=autocast_dtype)
+                             autocast_dtype=autocast_dtype, **hooks)
         self.backend = _schedule_backend(cfg)
         self.evaluate_fn = evaluate_fn
-        self.run_dir = run_dir
-        self.progress = progress
+        self.run_dir = run_dir if self.is_main else None  # only rank 0 writes
+        self.progress = progress and self.is_main
         self.epoch = 0  # next epoch to run
         self.best_acc = -math.inf
         self.best_epoch = -1
         self.history: List[dict] = []
         self.h_norm_first: Optional[List[float]] = None
         self.h_norm_last: Optional[List[float]] = None
-        if run_dir:
-            os.makedirs(run_dir, exist_ok=True)
+        if self.run_dir:
+            os.makedirs(self.run_dir, exist_ok=True)
 
     # ---- one epoch ----------------------------------------------------------------------------------------
     def ranges_frozen(self, epoch: int) -> bool:
@@ -128,6 +159,8 @@ class Trainer:
         frozen = self.ranges_frozen(epoch)
         (freeze_act_ranges if frozen else unfreeze_act_ranges)(self.Q)
         step_q = epoch >= cfg.warmup_epochs
+        if self.world_size > 1:
+            seed_everything(rank_seed(cfg.seed, self.rank, epoch))
         sums: Dict[str, Tensor] = {}
         h_first = h_last = None
         bar = _progress(range(iters), f"epoch {epoch + 1}/{cfg.epochs}", self.progress)
@@ -146,10 +179,15 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+        if self.world_size > 1:  # log the means over all ranks' samples; one collective per epoch
+            sums = dict(zip(sums, ddp.all_reduce_mean(list(sums.values()))))
+            ddp.average_buffers(self.G)
         record = {k: (v / iters).item() for k, v in sums.items()}  # the epoch's one host synchronisation
         record.update(epoch=epoch, iters=iters, seconds=seconds, iters_per_s=iters / seconds,
                       lr_g=self.opt_g.param_groups[0]["lr"], lr_q=self.opt_q.param_groups[0]["lr"],
                       q_stepped=step_q, ranges_frozen=frozen)
+        if self.world_size > 1:
+            record["world_size"] = self.world_size
         if h_first is not None:
             if self.h_norm_first is None:
                 self.h_norm_first = h_first.float().cpu().tolist()
@@ -174,7 +212,9 @@ class Trainer:
                 from adadfq_fast.nn import freeze_act_ranges
 
                 freeze_act_ranges(self.Q)
-                record["q_acc"] = float(self.evaluate_fn(self.Q))
+                # Only rank 0 evaluates; the others wait for its number so that best tracking agrees.
+                acc = float(self.evaluate_fn(self.Q)) if self.is_main else 0.0
+                record["q_acc"] = ddp.broadcast_float(acc, self.device)
                 if record["q_acc"] > self.best_acc:
                     self.best_acc, self.best_epoch = record["q_acc"], epoch
                     if self.run_dir:
