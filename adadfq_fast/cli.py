@@ -2,9 +2,14 @@
 
   adadfq-fast env                     versions, devices, and which backends are available or why not
   adadfq-fast train --config PRESET   the game loop (presets, .toml, or the authors' .hocon; key=value overrides)
+  adadfq-fast pretrain [...]          train the FP teacher (default: ResNet-20 on Fashion-MNIST)
+  adadfq-fast quantize [...]          the main job: AdaDFQ on the shipped Fashion-MNIST teacher, with a table
+  adadfq-fast export CKPT --out FILE  a trained Q -> integer model file (see adadfq_fast/deploy)
+  adadfq-fast infer FILE              evaluate an integer model file on a dataset
   adadfq-fast eval --model ... --checkpoint ... --dataset ...   top-1 of an FP model or a quantized checkpoint
   adadfq-fast bench ops [--json P]    fused ops vs the reference (see adadfq_fast/bench/ops.py)
   adadfq-fast bench step [...]        one game iteration, faithful vs fast (see adadfq_fast/bench/step.py)
+  adadfq-fast bench int [...]         integer model vs float eager vs torch.ao int8 (see adadfq_fast/bench/int.py)
 """
 from __future__ import annotations
 
@@ -59,18 +64,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("env", help="versions, devices and available backends")
     for name, helptext in (("train", "run AdaDFQ's game on a teacher ('train --help')"),
+                           ("pretrain", "train a full-precision teacher ('pretrain --help')"),
+                           ("quantize", "the main job: quantize the shipped teacher ('quantize --help')"),
+                           ("export", "export a trained Q as an integer model ('export --help')"),
+                           ("infer", "evaluate an integer model file ('infer --help')"),
                            ("eval", "top-1 of a model or a quantized checkpoint ('eval --help')")):
         cmd = sub.add_parser(name, help=helptext, add_help=False)
         cmd.add_argument("rest", nargs=argparse.REMAINDER)
-    bench = sub.add_parser("bench", help="benchmarks: 'bench ops', 'bench step'")
-    bench.add_argument("what", choices=["ops", "step"])
+    bench = sub.add_parser("bench", help="benchmarks: 'bench ops', 'bench step', 'bench int'")
+    bench.add_argument("what", choices=["ops", "step", "int"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see 'bench ops --help')")
     # Subcommands with options of their own get their arguments untouched (argparse's REMAINDER would refuse
     # a first argument that looks like an option).
+    if argv and argv[0] == "pretrain":
+        from adadfq_fast import pretrain
+
+        return pretrain.main(argv[1:])
+    if argv and argv[0] == "quantize":
+        from adadfq_fast import quantize_job
+
+        return quantize_job.main(argv[1:])
+    if argv and argv[0] in ("export", "infer"):
+        from adadfq_fast.deploy import cli as deploy_cli
+
+        return (deploy_cli.export_main if argv[0] == "export" else deploy_cli.infer_main)(argv[1:])
     if argv and argv[0] in ("train", "eval"):
         from adadfq_fast import cli_train
 
         return (cli_train.train_main if argv[0] == "train" else cli_train.eval_main)(argv[1:])
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] == "int":
+        from adadfq_fast.bench import int as bench_int
+
+        return bench_int.main(argv[2:])
     if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("ops", "step"):
         from adadfq_fast.bench import ops, step
 
