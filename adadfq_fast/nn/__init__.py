@@ -1,4 +1,5 @@
 """The quantized network Q: quantized layers, the activation quantizer and ``quantize_model``."""
+from .checkpoint import load_q_checkpoint, read_q_checkpoint, save_q_checkpoint
 from .modules import QuantAct, QuantConv2d, QuantLinear, QuantReLU
 from .quantize import (
     act_quantizers,
@@ -22,4 +23,7 @@ __all__ = [
     "freeze_act_ranges",
     "unfreeze_act_ranges",
     "set_bits",
+    "save_q_checkpoint",
+    "load_q_checkpoint",
+    "read_q_checkpoint",
 ]
