@@ -14,6 +14,7 @@ from .ops import (
     fake_quant,
     fake_quant_act,
     fake_quant_weight,
+    int_conv2d,
     new_act_state,
 )
 from . import backends  # noqa: F401  (registers every backend's kernels; never raises)
@@ -28,6 +29,7 @@ __all__ = [
     "adadfq_generator_loss",
     "adadfq_generator_loss_with_entropy",
     "adadfq_student_loss",
+    "int_conv2d",
     "use_backend",
     "set_backend",
     "current_backend",

@@ -311,3 +311,87 @@ def student_loss_backward(grad: Tensor, t: Tensor, s: Tensor, row_stats: Tensor,
     batch = t.shape[0]
     grad_s = _acc(grad) * (temperature / batch) * _entropy_grad(p, logp, h)
     return grad_s.to(s.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Integer convolution (integer inference, see the int_conv2d schema in adadfq_fast/ops/native.py)
+# ----------------------------------------------------------------------------------------------------------
+def int_conv2d_output_channels_last(x: Tensor) -> bool:
+    """The output's memory format follows x: channels_last when x is channels_last (and not also contiguous)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def int_conv2d_accumulate(
+    x: Tensor, weight: Tensor, weight_zero: Tensor, stride, padding, dilation, groups: int
+) -> Tensor:
+    """Exact integer sums acc[o,p] + z_w[o] * box[p] as int64 [N, O, Ho, Wo].
+
+    Computed as float64 convolutions of integer values: every partial sum is an integer below 2^53
+    (|q_w| <= 128, m_x <= 255, so up to 2^38 terms), hence exact in any summation order.
+    """
+    xd = x.to(torch.float64)
+    acc = torch.nn.functional.conv2d(xd, weight.to(torch.float64), None, stride, padding, dilation, groups)
+    out_channels = weight.shape[0]
+    ones = torch.ones((groups, weight.shape[1], weight.shape[2], weight.shape[3]), dtype=torch.float64, device=x.device)
+    box = torch.nn.functional.conv2d(xd, ones, None, stride, padding, dilation, groups)  # [N, groups, Ho, Wo]
+    box = box.repeat_interleave(out_channels // groups, dim=1)
+    return acc.to(torch.int64) + weight_zero.to(torch.int64).reshape(1, -1, 1, 1) * box.to(torch.int64)
+
+
+def int_conv2d_epilogue(
+    total: Tensor,
+    out_mult: Tensor,
+    out_bias: Tensor,
+    residual: Optional[Tensor],
+    residual_scale: float,
+    relu: bool,
+    out_bits: int,
+    out_scale: float,
+    out_zero: float,
+) -> Tensor:
+    """The float32 epilogue, one rounding per step in this order (the kernels reproduce it bit for bit)."""
+    f32 = dict(dtype=torch.float32, device=total.device)
+    y = total.to(torch.float32) * out_mult.to(torch.float32).reshape(1, -1, 1, 1)
+    y = y + out_bias.to(torch.float32).reshape(1, -1, 1, 1)
+    if residual is not None:
+        if residual.dtype == torch.uint8:
+            # A full tensor, not a scalar, so that this is an element-wise IEEE division (never a reciprocal).
+            y = y + residual.to(torch.float32) / torch.full(residual.shape, residual_scale, **f32)
+        else:
+            y = y + residual.to(torch.float32)
+    if relu:
+        y = torch.relu(y)
+    if out_bits == 0:
+        return y
+    half = 2 ** (out_bits - 1)
+    zero = torch.tensor(out_zero, **f32)
+    q = torch.clamp(torch.round(torch.tensor(out_scale, **f32) * y - zero), -half, half - 1)
+    return (q + zero).to(torch.uint8)
+
+
+def int_conv2d_forward(
+    x: Tensor,
+    weight: Tensor,
+    weight_zero: Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    out_mult: Tensor,
+    out_bias: Tensor,
+    residual: Optional[Tensor],
+    residual_scale: float,
+    relu: bool,
+    out_bits: int,
+    out_scale: float,
+    out_zero: float,
+) -> Tensor:
+    """Convolution of uint8 activation codes m_x with int8 weight levels q_w (zero points z_w), then the fused
+    epilogue: y = float(acc + z_w box) * out_mult + out_bias [+ residual] [relu] [requant to uint8 codes]."""
+    total = int_conv2d_accumulate(x, weight, weight_zero, list(stride), list(padding), list(dilation), groups)
+    out = int_conv2d_epilogue(
+        total, out_mult, out_bias, residual, residual_scale, relu, out_bits, out_scale, out_zero
+    )
+    if int_conv2d_output_channels_last(x):
+        return out.contiguous(memory_format=torch.channels_last)
+    return out.contiguous()

@@ -36,6 +36,13 @@ SCHEMAS = {
     ),
     "student_loss": "(Tensor t, Tensor s, float temperature) -> (Tensor, Tensor)",
     "student_loss_backward": "(Tensor grad, Tensor t, Tensor s, Tensor row_stats, float temperature) -> Tensor",
+    # Integer inference (see adadfq_fast/ops/int_conv2d.py): uint8 activation codes x int8 weight levels, fused
+    # float32 epilogue; out_bits = 0 returns float32, else uint8 codes.
+    "int_conv2d": (
+        "(Tensor x, Tensor weight, Tensor weight_zero, int[2] stride, int[2] padding, int[2] dilation,"
+        " int groups, Tensor out_mult, Tensor out_bias, Tensor? residual, float residual_scale, bool relu,"
+        " int out_bits, float out_scale, float out_zero) -> Tensor"
+    ),
 }
 
 _lib = torch.library.Library(NAMESPACE, "DEF")
@@ -44,6 +51,14 @@ for _name, _schema in SCHEMAS.items():
 
 
 _HANDLES = {}
+
+
+def has_native_kernel(name: str, dispatch_key: str) -> bool:
+    """Whether a loaded native library implements ``adadfq_native::<name>`` for ``dispatch_key`` ("CPU", "CUDA").
+
+    A schema may be declared before every library implements it (the kernels of a new op land per backend), so
+    backends register only the kernels that exist; the others fall back to a backend that has them."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{name}", dispatch_key)
 
 
 def native_op(name: str):
