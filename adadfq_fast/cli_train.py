@@ -18,7 +18,7 @@ def _teacher(cfg, checkpoint: Optional[str], pretrained: bool, random_teacher: b
             ".pth files load as they are) or --pretrained (pytorchcv's published weights, downloaded or found in "
             "~/.torch/models). --random-teacher runs on an untrained teacher (for smoke tests only).")
     return build_model(cfg.model, num_classes=cfg.num_classes, in_channels=cfg.channels, checkpoint=checkpoint,
-                       pretrained=pretrained)
+                       pretrained=pretrained, in_size=(cfg.img_size, cfg.img_size))
 
 
 def _evaluator(cfg, data_root: Optional[str], device, progress: bool, max_batches: Optional[int] = None):
@@ -133,10 +133,11 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
         p.error("--wbits and --abits go together")
     if args.wbits is None:
         model = build_model(args.model, num_classes=info["num_classes"], in_channels=info["in_channels"],
-                            checkpoint=args.checkpoint)
+                            checkpoint=args.checkpoint, in_size=info["in_size"])
     else:
-        fp = build_model(args.model, num_classes=info["num_classes"], in_channels=info["in_channels"])
-        example = torch.zeros(1, info["in_channels"], info["in_size"], info["in_size"])
+        fp = build_model(args.model, num_classes=info["num_classes"], in_channels=info["in_channels"],
+                         in_size=info["in_size"])
+        example = torch.zeros(1, info["in_channels"], *info["in_size"])
         model = quantize_model(fp, args.wbits, args.abits, example_input=example)
         model.load_state_dict(load_state_dict_file(args.checkpoint))
         freeze_act_ranges(model)

@@ -42,7 +42,8 @@ def test_schedule_of_ranges_warmup_and_lr(tmp_path):
     assert summary["best_acc"] == 3.0 and summary["best_epoch"] == 2 and len(calls) == 3
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and {"loss_g", "loss_q", "l_bns", "h_norm_mean", "iters_per_s"} <= set(json.loads(lines[0]))
-    assert len(summary["h_norm_first"]) == 8 and len(summary["h_norm_last"]) == 8
+    # H' of every generated sample of the first and of the last epoch: 2 iterations x batch 8.
+    assert len(summary["h_norm_first"]) == 16 and len(summary["h_norm_last"]) == 16
 
 
 def test_resume_is_deterministic(tmp_path):

@@ -27,10 +27,14 @@ DATASETS: Dict[str, Dict[str, int]] = {
     "cifar10": {"num_classes": 10, "img_size": 32, "channels": 3},
     "cifar100": {"num_classes": 100, "img_size": 32, "channels": 3},
     "imagenet": {"num_classes": 1000, "img_size": 224, "channels": 3},
+    # Not in the paper: the offline real-data setting of `adadfq-fast quantize` (native 28 x 28, 1 channel).
+    "fashion-mnist": {"num_classes": 10, "img_size": 28, "channels": 1},
 }
 
 # The authors' (pytorchcv) network names, as their configs' `network` key spells them.
-MODELS = ("resnet20_cifar10", "resnet20_cifar100", "resnet18", "resnet50", "mobilenetv2_w1")
+MODELS = ("resnet20_cifar10", "resnet20_cifar100", "resnet18", "resnet50", "mobilenetv2_w1",
+          # pytorchcv's CIFAR ResNet-20 for any class/channel count and input size (the Fashion-MNIST teacher)
+          "resnet20")
 
 _CHOICES = {
     "generator": ("cifar", "imagenet"),

@@ -82,6 +82,16 @@ def rank_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
 
 
+def build_q_optimizer(cfg, params) -> torch.optim.Optimizer:
+    """Q's optimiser as the original's ``opt_type`` chooses it (SGD with Nesterov by default; RMSprop, Adam)."""
+    if cfg.q_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.q_lr, momentum=cfg.q_momentum, weight_decay=cfg.q_weight_decay,
+                               nesterov=cfg.q_nesterov)
+    if cfg.q_optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.q_lr, momentum=cfg.q_momentum, weight_decay=cfg.q_weight_decay)
+    return torch.optim.Adam(params, lr=cfg.q_lr, weight_decay=cfg.q_weight_decay)
+
+
 def _schedule_backend(cfg) -> str:
     """Ops backend for the run: the config's, or by default reference for faithful (the authors' math as chains
     of PyTorch ops) and auto (fused kernels) for fast."""
@@ -121,8 +131,10 @@ class Trainer:
             for module in (self.P, self.Q, self.G):
                 ddp.broadcast_module(module)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.g_lr, betas=tuple(cfg.g_betas))
-        self.opt_q = torch.optim.SGD(self.Q.parameters(), lr=cfg.q_lr, momentum=cfg.q_momentum,
-                                     weight_decay=cfg.q_weight_decay, nesterov=cfg.q_nesterov)
+        # Every parameter of Q is trained (weights and BN affine), whatever the teacher's flags: the fast schedule
+        # turns off P's requires_grad, and a Q copied later from the same P object would inherit that.
+        self.Q.requires_grad_(True)
+        self.opt_q = build_q_optimizer(cfg, self.Q.parameters())
         self.sched_g = torch.optim.lr_scheduler.MultiStepLR(self.opt_g, list(cfg.g_lr_milestones), cfg.g_lr_gamma)
         self.sched_q = torch.optim.lr_scheduler.MultiStepLR(self.opt_q, list(cfg.q_lr_milestones), cfg.q_lr_gamma)
         weights = LossWeights(cfg.lambda_l, cfg.lambda_u, cfg.alpha_ds, cfg.alpha_as, cfg.beta_l_bal, cfg.gamma_bns,
@@ -162,7 +174,7 @@ class Trainer:
         if self.world_size > 1:
             seed_everything(rank_seed(cfg.seed, self.rank, epoch))
         sums: Dict[str, Tensor] = {}
-        h_first = h_last = None
+        h_all: List[Tensor] = []  # every sample's H' this epoch, kept on the device (16 floats per iteration)
         bar = _progress(range(iters), f"epoch {epoch + 1}/{cfg.epochs}", self.progress)
         start = time.perf_counter()
         with adadfq_fast.use_backend(self.backend):
@@ -170,8 +182,7 @@ class Trainer:
                 metrics = self.step(step_q=step_q, ranges_frozen=frozen)
                 h = metrics.pop("h_norm", None)
                 if h is not None:
-                    h_first = h if h_first is None else h_first
-                    h_last = h
+                    h_all.append(h.detach())
                     metrics["h_norm_mean"] = h.mean()
                     metrics["h_norm_in_margin"] = ((h >= cfg.lambda_l) & (h <= cfg.lambda_u)).float().mean()
                 for k, v in metrics.items():
@@ -188,10 +199,11 @@ class Trainer:
                       q_stepped=step_q, ranges_frozen=frozen)
         if self.world_size > 1:
             record["world_size"] = self.world_size
-        if h_first is not None:
+        if h_all:  # H' of all samples of the first epoch and of the latest one (the histograms of the main job)
+            h_epoch = torch.cat(h_all).float().cpu().tolist()
             if self.h_norm_first is None:
-                self.h_norm_first = h_first.float().cpu().tolist()
-            self.h_norm_last = h_last.float().cpu().tolist()
+                self.h_norm_first = h_epoch
+            self.h_norm_last = h_epoch
         with warnings.catch_warnings():
             # During warmup Q's optimiser has not stepped yet; its schedule still counts epochs, as the original's.
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
@@ -206,7 +218,7 @@ class Trainer:
         while self.epoch < last:
             epoch = self.epoch
             record = self.train_epoch(epoch)
-            if self.evaluate_fn is not None and cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0:
+            if self.evaluate_fn is not None and cfg.evaluates(epoch):
                 # The original freezes Q's ranges before testing (real data must not move them); the next epoch
                 # sets them again from its own number.
                 from adadfq_fast.nn import freeze_act_ranges
