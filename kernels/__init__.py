@@ -8,6 +8,7 @@ from .fake_quant import fake_quant
 from .fake_quant_act import fake_quant_act
 from .fake_quant_weight import fake_quant_weight
 from .generator_loss import generator_loss, generator_loss_backward
+from .int_conv2d import int_conv2d
 from .student_loss import student_loss, student_loss_backward
 
 KERNELS = {
@@ -20,4 +21,5 @@ KERNELS = {
     "generator_loss_backward": generator_loss_backward,
     "student_loss": student_loss,
     "student_loss_backward": student_loss_backward,
+    "int_conv2d": int_conv2d,
 }

@@ -1,0 +1,192 @@
+"""The Triton int_conv2d kernels (kernels/int_conv2d.py) bit-exact against reference.int_conv2d_forward.
+
+Runs on CPU tensors under TRITON_INTERPRET=1 (set by conftest.py without a GPU), else on CUDA. The interpreter is
+slow, so shapes are small; the tile constants are lowered with monkeypatch where a path (several K chunks, several
+output-channel blocks, several pixel blocks) would otherwise need a large tensor.
+"""
+import importlib
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+import adadfq_fast  # noqa: E402
+from adadfq_fast import _backend  # noqa: E402
+from adadfq_fast import reference as ref  # noqa: E402
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    DEVICE = "cpu"
+elif torch.cuda.is_available():
+    DEVICE = "cuda"
+else:
+    pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+try:
+    mod = importlib.import_module("adadfq_fast.kernels.int_conv2d")
+except Exception as e:  # noqa: BLE001
+    pytest.skip(f"Triton kernels cannot be imported: {type(e).__name__}: {e}", allow_module_level=True)
+
+pytestmark = pytest.mark.triton
+
+
+def _codes(shape, bits=8, offset=0):
+    return (torch.randint(0, 2**bits, shape) + offset).to(torch.uint8).to(DEVICE)
+
+
+def _weights(o, cg, kh, kw, bits=8):
+    """Levels in [-2^(k-1), 2^(k-1)-1] with both extremes present; zero points in [-(2^(k-1)-1), 2^(k-1)]."""
+    half = 2 ** (bits - 1)
+    q = torch.randint(-half, half, (o, cg, kh, kw), dtype=torch.int8)
+    q.view(-1)[0], q.view(-1)[-1] = -half, half - 1
+    z = torch.randint(-(half - 1), half + 1, (o,), dtype=torch.int32)
+    return q.to(DEVICE), z.to(DEVICE)
+
+
+def _epilogue(o):
+    return (torch.rand(o) * 0.02 + 1e-3).to(DEVICE), torch.randn(o).to(DEVICE)
+
+
+def _run(x, q, z, stride, padding, dilation, groups, mult, bias, residual=None, residual_scale=1.0, relu=False,
+         out_bits=0, out_scale=1.0, out_zero=0.0):
+    args = (x, q, z, [stride] * 2 if isinstance(stride, int) else list(stride),
+            [padding] * 2 if isinstance(padding, int) else list(padding),
+            [dilation] * 2 if isinstance(dilation, int) else list(dilation), groups, mult, bias, residual,
+            float(residual_scale), relu, out_bits, float(out_scale), float(out_zero))
+    with adadfq_fast.use_backend("triton"):
+        got = adadfq_fast.int_conv2d(*args)
+    want = ref.int_conv2d_forward(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert torch.equal(got.cpu(), want), (got.cpu().float() - want.float()).abs().max()
+    fmt = torch.channels_last if ref.int_conv2d_output_channels_last(x) else torch.contiguous_format
+    assert got.is_contiguous(memory_format=fmt)
+    return got
+
+
+def test_registered():
+    assert "triton" in _backend._KERNELS["int_conv2d"]
+    assert _backend.why_unavailable("triton", DEVICE) is None
+
+
+CASES = [
+    # (n, c, h, w, o, k, stride, padding, dilation, groups)
+    (2, 16, 9, 9, 16, 3, 1, 1, 1, 1),    # ResNet basic block
+    (2, 16, 9, 7, 32, 3, 2, 1, 1, 1),    # stride 2, odd sizes
+    (2, 16, 8, 8, 24, 1, 2, 0, 1, 1),    # 1x1 projection, stride 2
+    (1, 8, 12, 12, 16, 7, 2, 3, 1, 1),   # 7x7, padding 3 (a tile mostly padding)
+    (2, 12, 7, 7, 12, 3, 1, 1, 1, 12),   # depthwise (direct kernel)
+    (2, 6, 7, 7, 12, 3, 2, 1, 1, 6),     # channel multiplier 2 (direct kernel)
+    (2, 12, 7, 7, 18, 3, 1, 1, 1, 3),    # groups, 4 channels per group (GEMM kernel per group)
+    (2, 6, 9, 9, 10, 3, 1, 2, 2, 2),     # 3 channels per group, dilation 2
+    (1, 5, 7, 8, 7, 2, 1, 0, 1, 1),      # odd channels, even kernel, no padding
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "n{}c{}h{}w{}o{}k{}s{}p{}d{}g{}".format(*c))
+def test_shapes(case):
+    n, c, h, w, o, k, stride, padding, dilation, groups = case
+    x = _codes((n, c, h, w))
+    q, z = _weights(o, c // groups, k, k)
+    mult, bias = _epilogue(o)
+    for layout, out_bits, relu in (("contiguous", 0, False), ("channels_last", 4, True)):
+        xl = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+        _run(xl, q, z, stride, padding, dilation, groups, mult, bias, relu=relu, out_bits=out_bits, out_scale=37.5,
+             out_zero=float(2 ** (out_bits - 1)) if out_bits else 0.0)
+
+
+@pytest.mark.parametrize("residual_kind", ["none", "float", "codes"])
+def test_epilogue(residual_kind):
+    x = _codes((2, 16, 6, 6), 4).contiguous(memory_format=torch.channels_last)
+    q, z = _weights(16, 16, 3, 3, 4)
+    mult, bias = _epilogue(16)
+    shape = (2, 16, 6, 6)
+    residual = {"none": None, "float": (torch.randn(shape) * 2).to(DEVICE),
+                "codes": torch.randint(0, 16, shape, dtype=torch.uint8).to(DEVICE)}[residual_kind]
+    for relu in (False, True):
+        for out_bits in (0, 4):
+            _run(x, q, z, 1, 1, 1, 1, mult, bias, residual, 3.7, relu, out_bits, 5.5, 8.0 if out_bits else 0.0)
+    if residual is not None:  # the residual in the other layout (read through its strides)
+        _run(x, q, z, 1, 1, 1, 1, mult, bias, residual.contiguous(memory_format=torch.channels_last), 3.7, True, 4,
+             5.5, 8.0)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5, 8])
+def test_bits(bits):
+    """2..8-bit codes and weights, requant to the same width with the zero point at both ends of [0, 255]."""
+    x = _codes((1, 16, 6, 6), bits, offset=255 - (2**bits - 1) if bits % 2 else 0)
+    q, z = _weights(16, 16, 3, 3, bits)
+    mult, bias = _epilogue(16)
+    half = 2 ** (bits - 1)
+    for out_zero in (float(half), float(255 - half + 1)):
+        out = _run(x, q, z, 1, 1, 1, 1, mult, bias, relu=True, out_bits=bits, out_scale=2.0**bits / 3, out_zero=out_zero)
+        assert out.min() >= out_zero - half and out.max() <= out_zero + half - 1
+
+
+def test_extremes_and_large_zero_point_products():
+    """All-255 codes against -128 weights with |z_w| = 128: the largest |acc| and |z_w * box| of an 8-bit layer."""
+    x = torch.full((1, 64, 5, 5), 255, dtype=torch.uint8, device=DEVICE)
+    q = torch.full((16, 64, 3, 3), -128, dtype=torch.int8, device=DEVICE)
+    q[1] = 127
+    z = torch.tensor([128, -127] * 8, dtype=torch.int32, device=DEVICE)
+    mult, bias = _epilogue(16)
+    _run(x, q, z, 1, 1, 1, 1, mult, bias)
+
+
+def test_multiple_blocks(monkeypatch):
+    """Several pixel blocks, output-channel blocks and K chunks, with ragged tails of each."""
+    monkeypatch.setitem(mod.INTERPRET_TILES, "BLOCK_M", 64)
+    monkeypatch.setitem(mod.INTERPRET_TILES, "MAX_BLOCK_N", 16)
+    monkeypatch.setitem(mod.INTERPRET_TILES, "MAX_BLOCK_K", 16)
+    monkeypatch.setitem(mod.GPU_TILES, "MAX_BLOCK_N", 16)
+    monkeypatch.setitem(mod.GPU_TILES, "MAX_BLOCK_K", 32)
+    x = _codes((2, 40, 7, 9)).contiguous(memory_format=torch.channels_last)
+    q, z = _weights(36, 20, 3, 3)
+    mult, bias = _epilogue(36)
+    res = (torch.randn(2, 36, 7, 9)).to(DEVICE)
+    _run(x, q, z, 1, 1, 1, 2, mult, bias, res, relu=True, out_bits=8, out_scale=20.0, out_zero=128.0)
+    monkeypatch.setattr(mod, "DW_BLOCK_P", 16)
+    monkeypatch.setattr(mod, "DW_MAX_BLOCK_C", 16)
+    xd = _codes((2, 40, 6, 6)).contiguous(memory_format=torch.channels_last)
+    qd, zd = _weights(40, 1, 3, 3)
+    _run(xd, qd, zd, 1, 1, 1, 40, mult[:1].repeat(40), bias[:1].repeat(40))
+
+
+def test_non_contiguous_inputs():
+    x = _codes((2, 16, 8, 8))
+    q, z = _weights(16, 16, 3, 3)
+    mult, bias = _epilogue(16)
+    res = torch.randn(2, 16, 8, 8).to(DEVICE)
+    xs = torch.stack([x, torch.zeros_like(x)], dim=-1)[..., 0]
+    qs = torch.stack([q, torch.zeros_like(q)], dim=-1)[..., 0]
+    rs = torch.stack([res, torch.zeros_like(res)], dim=-1)[..., 0]
+    assert not xs.is_contiguous() and not qs.is_contiguous() and not rs.is_contiguous()
+    _run(xs, qs, z, 1, 1, 1, 1, mult, bias, rs)
+    _run(x[:, :, 1:, :7], q, z, 1, 1, 1, 1, mult, bias)  # a strided window of x
+
+
+def test_empty_batch():
+    x = torch.zeros(0, 16, 6, 6, dtype=torch.uint8, device=DEVICE)
+    q, z = _weights(8, 16, 3, 3, 4)
+    mult, bias = _epilogue(8)
+    out = _run(x, q, z, 1, 1, 1, 1, mult, bias, out_bits=4, out_zero=8.0)
+    assert out.shape == (0, 8, 6, 6)
+
+
+def test_launcher_errors():
+    x = _codes((1, 8, 6, 6))
+    q, z = _weights(4, 8, 3, 3)
+    mult, bias = _epilogue(4)
+    args = [x, q, z, [1, 1], [1, 1], [1, 1], 1, mult, bias, None, 1.0, False, 0, 1.0, 0.0]
+    bad = list(args)
+    bad[2] = z.long()
+    with pytest.raises(ValueError, match="weight_zero"):
+        mod.int_conv2d(*bad)
+    bad = list(args)
+    bad[0] = x.float()
+    with pytest.raises(TypeError, match="x: expected uint8"):
+        mod.int_conv2d(*bad)
+    bad = list(args)
+    bad[9] = torch.zeros(1, 4, 5, 5, device=DEVICE)
+    with pytest.raises(ValueError, match="residual"):
+        mod.int_conv2d(*bad)
