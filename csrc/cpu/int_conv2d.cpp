@@ -1,0 +1,599 @@
+// adadfq_native::int_conv2d on CPU: convolution of uint8 activation codes with int8 weight levels, with the whole
+// float32 epilogue fused (BN-folded scale and bias, residual, ReLU, requantization). Math and schema:
+// adadfq_fast/ops/int_conv2d.py and adadfq_fast/reference.py (int_conv2d_forward), whose float32 order this
+// file reproduces bit for bit.
+//
+// Layout. The kernel works on NHWC: the input is copied once into a zero-padded NHWC buffer whose channels are
+// padded to a multiple of 4 per group (skipped when x already is channels_last, unpadded and aligned), so a
+// window is kh*kw contiguous runs of channels and the reduction index is K = (kh, kw, c). The output is written
+// NHWC (channels_last); an NCHW caller gets one conversion at the end.
+//
+// Integer sums. total[o,p] = acc[o,p] + z_w[o] * box[p] is an exact integer, however it is computed. When every
+// q_w + z_w fits int8 (weights of up to 7 bits, and 8-bit channels whose levels allow it) the zero point is
+// folded into the packed weights, so total = sum (q_w + z_w) * m_x and no box sum is needed; otherwise box sums
+// come from a per-pixel channel-sum map S (one pass over the input) added over the window in the epilogue.
+//
+// AVX-512 VNNI path (when compiled with __AVX512VNNI__ and a group has >= 8 output channels): weights packed as
+// [group][o-block][K/4][NB][16 lanes][4 bytes]; a micro-kernel keeps P output pixels x NB*16 output channels of
+// int32 accumulators in zmm registers and, per 4 reduction steps, loads NB weight vectors and broadcasts 4 input
+// bytes per pixel into vpdpbusd (u8 x s8 -> s32, no saturation: 4 * 255 * 128 < 2^31). Other cases (depthwise,
+// tiny groups, builds without VNNI) use a portable loop with the same integer result and the same epilogue.
+//
+// Packing is cached per weight tensor (keyed on the TensorImpl, held weakly so its address cannot be reused
+// while cached, plus the version counter, so an in-place change repacks), since the deploy model calls the op
+// with the same weights every time.
+#include <algorithm>
+#include <array>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include <c10/util/intrusive_ptr.h>
+
+#include "cpu_common.h"
+
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define ADADFQ_INT_VNNI 1
+#endif
+
+namespace adadfq::cpu {
+namespace {
+
+struct Geometry {
+  int64_t N, C, H, W, O, G, Cg, Og, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo;
+  int64_t Cg4;  // channels per group padded to a multiple of 4
+  int64_t Cp;   // channels of the padded buffer: G * Cg4
+  int64_t Hp, Wp, T;
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Packed weights (cached)
+// ---------------------------------------------------------------------------------------------------------
+using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+
+struct Packed {
+  Packed(const at::Tensor& w, const at::Tensor& z) : weight_ref(w.getIntrusivePtr()), zero_ref(z.getIntrusivePtr()) {}
+  WeakImpl weight_ref, zero_ref;
+  int64_t weight_version = -1, zero_version = -1;  // -1: inference tensors (validated by content instead)
+  std::vector<int8_t> weight_copy;                  // for inference tensors only
+  std::vector<int32_t> zero_copy;
+  int64_t groups = 0;
+  bool vnni = false;
+
+  bool folded = false;
+  std::vector<int32_t> zeff;  // per output channel: z_w, or 0 when folded into the weights
+  int64_t max_abs_w = 0, max_abs_z = 0;
+  // VNNI layout: [G][nob][K4][NB][16][4] int8 (zero-padded lanes and reduction steps).
+  int NB = 1;
+  int64_t nob = 0, K4 = 0;
+  at::Tensor vnni_w;
+  // Portable layout: [G][T * Cg][Og] int32.
+  std::vector<int32_t> generic_w;
+};
+
+int64_t version_of(const at::Tensor& t) {
+  return t.is_inference() ? -1 : static_cast<int64_t>(t.unsafeGetTensorImpl()->version_counter().current_version());
+}
+
+bool same_tensor(const WeakImpl& ref, const at::Tensor& t) {
+  return !ref.expired() && ref._unsafe_get_target() == t.unsafeGetTensorImpl();
+}
+
+bool use_vnni(const Geometry& g) {
+#if defined(ADADFQ_INT_VNNI)
+  return g.Og >= 8;
+#else
+  (void)g;
+  return false;
+#endif
+}
+
+std::shared_ptr<Packed> pack(const at::Tensor& weight, const at::Tensor& weight_zero, const Geometry& g) {
+  auto p = std::make_shared<Packed>(weight, weight_zero);
+  p->weight_version = version_of(weight);
+  p->zero_version = version_of(weight_zero);
+  p->groups = g.G;
+  const at::Tensor w = weight.contiguous(), z = weight_zero.contiguous();
+  const int8_t* wp = w.const_data_ptr<int8_t>();
+  const int32_t* zp = z.const_data_ptr<int32_t>();
+  if (p->weight_version < 0 || p->zero_version < 0) {
+    p->weight_copy.assign(wp, wp + w.numel());
+    p->zero_copy.assign(zp, zp + z.numel());
+  }
+  const int64_t O = g.O, Kc = g.Cg * g.kh * g.kw;  // weight [O][Cg][kh][kw]
+  // Fold z_w into the weights when every q_w + z_w fits int8: then no box sums are needed.
+  bool fold = true;
+  for (int64_t o = 0; o < O && fold; ++o) {
+    for (int64_t k = 0; k < Kc; ++k) {
+      const int64_t v = static_cast<int64_t>(wp[o * Kc + k]) + zp[o];
+      if (v < -128 || v > 127) {
+        fold = false;
+        break;
+      }
+    }
+  }
+  p->folded = fold;
+  p->zeff.assign(O, 0);
+  for (int64_t o = 0; o < O; ++o) {
+    if (!fold) p->zeff[o] = zp[o];
+    p->max_abs_z = std::max<int64_t>(p->max_abs_z, std::abs(static_cast<int64_t>(p->zeff[o])));
+  }
+  auto weff = [&](int64_t o, int64_t c, int64_t i, int64_t j) -> int32_t {
+    const int32_t v = wp[((o * g.Cg + c) * g.kh + i) * g.kw + j];
+    return fold ? v + zp[o] : v;
+  };
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t k = 0; k < Kc; ++k)
+      p->max_abs_w = std::max<int64_t>(p->max_abs_w, std::abs(static_cast<int64_t>(wp[o * Kc + k]) + (fold ? zp[o] : 0)));
+
+  p->vnni = use_vnni(g);
+  if (p->vnni) {
+    const int64_t nvec = (g.Og + 15) / 16;
+    p->NB = static_cast<int>(std::min<int64_t>(4, nvec));
+    p->nob = (nvec + p->NB - 1) / p->NB;
+    p->K4 = g.T * g.Cg4 / 4;
+    const int64_t block = p->K4 * p->NB * 64;
+    p->vnni_w = at::zeros({g.G * p->nob * block}, at::kChar);
+    int8_t* dst = p->vnni_w.data_ptr<int8_t>();
+    for (int64_t gr = 0; gr < g.G; ++gr)
+      for (int64_t ob = 0; ob < p->nob; ++ob) {
+        int8_t* blk = dst + (gr * p->nob + ob) * block;
+        for (int64_t k4 = 0; k4 < p->K4; ++k4)
+          for (int nb = 0; nb < p->NB; ++nb)
+            for (int lane = 0; lane < 16; ++lane) {
+              const int64_t og = (ob * p->NB + nb) * 16 + lane;
+              if (og >= g.Og) continue;
+              for (int b = 0; b < 4; ++b) {
+                const int64_t kidx = k4 * 4 + b, tap = kidx / g.Cg4, c = kidx % g.Cg4;
+                if (c >= g.Cg) continue;
+                blk[((k4 * p->NB + nb) * 16 + lane) * 4 + b] =
+                    static_cast<int8_t>(weff(gr * g.Og + og, c, tap / g.kw, tap % g.kw));
+              }
+            }
+      }
+  } else {
+    p->generic_w.assign(g.G * g.T * g.Cg * g.Og, 0);
+    for (int64_t gr = 0; gr < g.G; ++gr)
+      for (int64_t t = 0; t < g.T; ++t)
+        for (int64_t c = 0; c < g.Cg; ++c)
+          for (int64_t og = 0; og < g.Og; ++og)
+            p->generic_w[((gr * g.T + t) * g.Cg + c) * g.Og + og] = weff(gr * g.Og + og, c, t / g.kw, t % g.kw);
+  }
+  return p;
+}
+
+bool cache_hit(const Packed& p, const at::Tensor& weight, const at::Tensor& weight_zero, int64_t groups) {
+  if (p.groups != groups || !same_tensor(p.weight_ref, weight) || !same_tensor(p.zero_ref, weight_zero)) return false;
+  const int64_t wv = version_of(weight), zv = version_of(weight_zero);
+  if (wv != p.weight_version || zv != p.zero_version) return false;
+  if (wv >= 0 && zv >= 0) return true;
+  // Inference tensors carry no version counter (and can change in place inside inference mode): compare contents.
+  const at::Tensor w = weight.contiguous(), z = weight_zero.contiguous();
+  return static_cast<int64_t>(p.weight_copy.size()) == w.numel() &&
+         std::equal(p.weight_copy.begin(), p.weight_copy.end(), w.const_data_ptr<int8_t>()) &&
+         static_cast<int64_t>(p.zero_copy.size()) == z.numel() &&
+         std::equal(p.zero_copy.begin(), p.zero_copy.end(), z.const_data_ptr<int32_t>());
+}
+
+// A model's layers each hit their own entry; the bound only keeps a process that creates many weights from
+// growing without limit (entries hold no tensor data of the caller, only the packing).
+constexpr size_t kCacheEntries = 256;
+
+std::shared_ptr<const Packed> packed_weights(const at::Tensor& weight, const at::Tensor& weight_zero,
+                                             const Geometry& g) {
+  static std::mutex mutex;
+  static std::list<std::shared_ptr<Packed>> cache;  // most recently used first
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (auto it = cache.begin(); it != cache.end(); ++it) {
+      if (cache_hit(**it, weight, weight_zero, g.G)) {
+        cache.splice(cache.begin(), cache, it);
+        return cache.front();
+      }
+    }
+  }
+  auto p = pack(weight, weight_zero, g);  // outside the lock: packing large weights takes a while
+  std::lock_guard<std::mutex> lock(mutex);
+  cache.remove_if([](const std::shared_ptr<Packed>& e) { return e->weight_ref.expired() || e->zero_ref.expired(); });
+  cache.push_front(p);
+  if (cache.size() > kCacheEntries) cache.pop_back();
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Epilogue (float32, in the reference's order)
+// ---------------------------------------------------------------------------------------------------------
+struct Epilogue {
+  const float* mult;  // [O]
+  const float* bias;  // [O]
+  const int32_t* zeff;
+  bool has_box;
+  int res_kind;  // 0 none, 1 float32, 2 uint8 codes
+  const float* res_f;
+  const uint8_t* res_u8;
+  float res_scale;
+  bool relu;
+  int out_bits;
+  float out_scale, out_zero, qmin, qmax;
+  float* out_f;
+  uint8_t* out_u8;
+};
+
+// One output element: e = NHWC element index, o = channel.
+inline void epilogue_scalar(const Epilogue& ep, int32_t total, int64_t e, int64_t o) {
+  float y = mul_rn(static_cast<float>(total), ep.mult[o]);
+  y = add_rn(y, ep.bias[o]);
+  if (ep.res_kind == 1) {
+    y = add_rn(y, ep.res_f[e]);
+  } else if (ep.res_kind == 2) {
+    y = add_rn(y, div_rn(static_cast<float>(ep.res_u8[e]), ep.res_scale));
+  }
+  if (ep.relu) y = y < 0.f ? 0.f : y;  // torch.relu: keeps -0.0 and NaN
+  if (ep.out_bits == 0) {
+    ep.out_f[e] = y;
+    return;
+  }
+  float v = sub_rn(mul_rn(ep.out_scale, y), ep.out_zero);
+  v = round_even(clamp_nan(v, ep.qmin, ep.qmax));
+  ep.out_u8[e] = static_cast<uint8_t>(static_cast<int32_t>(add_rn(v, ep.out_zero)));
+}
+
+#if defined(ADADFQ_INT_VNNI)
+// 16 channels starting at o, element index e, lanes in `mask`.
+inline void epilogue_vec(const Epilogue& ep, __m512i total, int64_t e, int64_t o, __mmask16 mask) {
+  __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(total), _mm512_maskz_loadu_ps(mask, ep.mult + o));
+  y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, ep.bias + o));
+  if (ep.res_kind == 1) {
+    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, ep.res_f + e));
+  } else if (ep.res_kind == 2) {
+    const __m512 r = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, ep.res_u8 + e)));
+    y = _mm512_add_ps(y, _mm512_div_ps(r, _mm512_set1_ps(ep.res_scale)));
+  }
+  // max(0, y) returns its second operand for NaN and for +-0 pairs: NaN and -0.0 pass, as in torch.relu.
+  if (ep.relu) y = _mm512_max_ps(_mm512_setzero_ps(), y);
+  if (ep.out_bits == 0) {
+    _mm512_mask_storeu_ps(ep.out_f + e, mask, y);
+    return;
+  }
+  const __m512 zero = _mm512_set1_ps(ep.out_zero);
+  __m512 v = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(ep.out_scale), y), zero);
+  v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(ep.qmin)), _mm512_set1_ps(ep.qmax));
+  v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512i codes = _mm512_cvtps_epi32(_mm512_add_ps(v, zero));
+  _mm_mask_storeu_epi8(ep.out_u8 + e, mask, _mm512_cvtusepi32_epi8(codes));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// VNNI micro-kernel: P output pixels of one row x NB*16 output channels of one group.
+// ---------------------------------------------------------------------------------------------------------
+struct Tile {
+  const uint8_t* x;        // padded input at the window origin of the first pixel, group's channels
+  int64_t pix_stride;      // bytes between the windows of consecutive output pixels (stride_w * Cp)
+  const int64_t* tap_off;  // [T] byte offsets of the taps from the window origin
+  int64_t T, C4;           // taps, 4-channel steps per tap
+  const int8_t* w;         // packed weights of the block
+  int64_t e0;              // NHWC element index of (pixel 0, first channel of the block)
+  int64_t o0;              // first output channel of the block
+  int64_t O;               // output channels (element stride between pixels)
+  int valid;               // valid channels in the block (<= NB * 16)
+  const int32_t* box;      // [P] box sums (when has_box)
+};
+
+template <int NB, int P>
+void vnni_tile(const Tile& t, const Epilogue& ep) {
+  __m512i acc[P][NB];
+#pragma GCC unroll 32
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int nb = 0; nb < NB; ++nb) acc[p][nb] = _mm512_setzero_si512();
+  const int8_t* w = t.w;
+  const int64_t ps = t.pix_stride;
+  for (int64_t tap = 0; tap < t.T; ++tap) {
+    const uint8_t* xt = t.x + t.tap_off[tap];
+    for (int64_t c4 = 0; c4 < t.C4; ++c4, w += NB * 64, xt += 4) {
+      __m512i wv[NB];
+#pragma GCC unroll 4
+      for (int nb = 0; nb < NB; ++nb) wv[nb] = _mm512_load_si512(w + nb * 64);
+#pragma GCC unroll 32
+      for (int p = 0; p < P; ++p) {
+        int32_t four;
+        std::memcpy(&four, xt + p * ps, 4);
+        const __m512i xv = _mm512_set1_epi32(four);
+#pragma GCC unroll 4
+        for (int nb = 0; nb < NB; ++nb) acc[p][nb] = _mm512_dpbusd_epi32(acc[p][nb], xv, wv[nb]);
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p) {
+    const __m512i boxv = _mm512_set1_epi32(ep.has_box ? t.box[p] : 0);
+#pragma GCC unroll 4
+    for (int nb = 0; nb < NB; ++nb) {
+      const int lanes = std::min(16, t.valid - nb * 16);
+      if (lanes <= 0) break;
+      const __mmask16 mask = static_cast<__mmask16>(lanes == 16 ? 0xFFFFu : ((1u << lanes) - 1));
+      const int64_t o = t.o0 + nb * 16;
+      __m512i total = acc[p][nb];
+      if (ep.has_box) total = _mm512_add_epi32(total, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(mask, ep.zeff + o), boxv));
+      epilogue_vec(ep, total, t.e0 + p * t.O + nb * 16, o, mask);
+    }
+  }
+}
+
+// Pixels per tile for NB output vectors: P * NB accumulators stay within the 32 zmm registers with room for the
+// NB weight vectors and the broadcast.
+constexpr int kMaxP[5] = {0, 16, 12, 8, 6};
+
+using TileFn = void (*)(const Tile&, const Epilogue&);
+
+template <int NB, int... Ps>
+constexpr std::array<TileFn, sizeof...(Ps)> tile_table(std::integer_sequence<int, Ps...>) {
+  return {&vnni_tile<NB, Ps + 1>...};
+}
+
+const TileFn* tile_fns(int nb) {
+  static const auto t1 = tile_table<1>(std::make_integer_sequence<int, kMaxP[1]>{});
+  static const auto t2 = tile_table<2>(std::make_integer_sequence<int, kMaxP[2]>{});
+  static const auto t3 = tile_table<3>(std::make_integer_sequence<int, kMaxP[3]>{});
+  static const auto t4 = tile_table<4>(std::make_integer_sequence<int, kMaxP[4]>{});
+  switch (nb) {
+    case 1: return t1.data();
+    case 2: return t2.data();
+    case 3: return t3.data();
+    default: return t4.data();
+  }
+}
+
+void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const int32_t* S, const Epilogue& ep) {
+  std::vector<int64_t> tap_off(g.T), tap_pix(g.T);
+  for (int64_t t = 0; t < g.T; ++t) {
+    tap_pix[t] = (t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw;
+    tap_off[t] = tap_pix[t] * g.Cp;
+  }
+  const int NB = pk.NB, maxP = kMaxP[NB];
+  const TileFn* fns = tile_fns(NB);
+  const int64_t block = pk.K4 * NB * 64;
+  const int64_t nob = pk.nob;
+  const int64_t rows = g.N * g.Ho;
+  const int64_t items = rows * g.G * nob;
+  // Weight-major order when the packed weights overflow the L2 cache: each thread then keeps one block's weights
+  // hot across many rows; otherwise row-major, so an input row stays hot across the blocks.
+  const bool weight_major = pk.vnni_w.numel() > (256 << 10);
+  const int64_t ntiles = (g.Wo + maxP - 1) / maxP;
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> box(maxP);
+    for (int64_t it = begin; it < end; ++it) {
+      int64_t row, gb;
+      if (weight_major) {
+        gb = it / rows;
+        row = it % rows;
+      } else {
+        row = it / (g.G * nob);
+        gb = it % (g.G * nob);
+      }
+      const int64_t gr = gb / nob, ob = gb % nob, n = row / g.Ho, oh = row % g.Ho;
+      Tile t;
+      t.pix_stride = g.sw * g.Cp;
+      t.tap_off = tap_off.data();
+      t.T = g.T;
+      t.C4 = g.Cg4 / 4;
+      t.w = pk.vnni_w.const_data_ptr<int8_t>() + gb * block;
+      t.o0 = gr * g.Og + ob * NB * 16;
+      t.O = g.O;
+      t.valid = static_cast<int>(std::min<int64_t>(NB * 16, g.Og - ob * NB * 16));
+      t.box = box.data();
+      const int64_t in_row = (n * g.Hp + oh * g.sh) * g.Wp;
+      // Split the row into ntiles near-equal tiles (no overlap, no tiny tail).
+      int64_t ow0 = 0;
+      for (int64_t k = 0; k < ntiles; ++k) {
+        const int P = static_cast<int>(g.Wo / ntiles + (k < g.Wo % ntiles ? 1 : 0));
+        const int64_t pix0 = in_row + ow0 * g.sw;
+        t.x = xp + pix0 * g.Cp + gr * g.Cg4;
+        t.e0 = ((n * g.Ho + oh) * g.Wo + ow0) * g.O + t.o0;
+        if (ep.has_box) {
+          for (int p = 0; p < P; ++p) {
+            const int32_t* s = S + (pix0 + p * g.sw) * g.G + gr;
+            int32_t b = 0;
+            for (int64_t tp = 0; tp < g.T; ++tp) b += s[tap_pix[tp] * g.G];
+            box[p] = b;
+          }
+        }
+        fns[P - 1](t, ep);
+        ow0 += P;
+      }
+    }
+  });
+}
+#endif  // ADADFQ_INT_VNNI
+
+// Portable path: any groups, any build. Per output pixel and group, int32 sums vectorized over the group's
+// output channels.
+void run_generic(const Geometry& g, const Packed& pk, const uint8_t* xp, const Epilogue& ep) {
+  at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> acc(g.Og);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.Ho, oh = row % g.Ho;
+      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+        const int64_t e_pix = ((n * g.Ho + oh) * g.Wo + ow) * g.O;
+        for (int64_t gr = 0; gr < g.G; ++gr) {
+          std::fill(acc.begin(), acc.end(), 0);
+          int32_t box = 0;
+          const int32_t* wg = pk.generic_w.data() + gr * g.T * g.Cg * g.Og;
+          for (int64_t t = 0; t < g.T; ++t) {
+            const int64_t ih = oh * g.sh + (t / g.kw) * g.dh, iw = ow * g.sw + (t % g.kw) * g.dw;
+            const uint8_t* xpix = xp + ((n * g.Hp + ih) * g.Wp + iw) * g.Cp + gr * g.Cg4;
+            for (int64_t c = 0; c < g.Cg; ++c) {
+              const int32_t xv = xpix[c];
+              box += xv;
+              const int32_t* wr = wg + (t * g.Cg + c) * g.Og;
+              int32_t* a = acc.data();
+              ADADFQ_SIMD
+              for (int64_t og = 0; og < g.Og; ++og) a[og] += wr[og] * xv;
+            }
+          }
+          for (int64_t og = 0; og < g.Og; ++og) {
+            const int64_t o = gr * g.Og + og;
+            const int32_t total = ep.has_box ? acc[og] + ep.zeff[o] * box : acc[og];
+            epilogue_scalar(ep, total, e_pix + o, o);
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Input preparation
+// ---------------------------------------------------------------------------------------------------------
+// The zero-padded NHWC buffer [N][Hp][Wp][G * Cg4] (padding is code 0, which is float 0: natural zero padding).
+void pad_input(const at::Tensor& x, const Geometry& g, uint8_t* xp) {
+  const uint8_t* src = x.const_data_ptr<uint8_t>();
+  const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
+  const int64_t row_bytes = g.Wp * g.Cp;
+  at::parallel_for(0, g.N * g.Hp, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.Hp, hp = r % g.Hp, ih = hp - g.ph;
+      uint8_t* dst = xp + r * row_bytes;
+      std::memset(dst, 0, row_bytes);
+      if (ih < 0 || ih >= g.H) continue;
+      const uint8_t* s = src + n * sn + ih * sh;
+      if (sc <= sw) {  // channels innermost in memory (channels_last): copy runs of channels
+        for (int64_t iw = 0; iw < g.W; ++iw) {
+          uint8_t* d = dst + (iw + g.pw) * g.Cp;
+          for (int64_t gr = 0; gr < g.G; ++gr)
+            for (int64_t c = 0; c < g.Cg; ++c) d[gr * g.Cg4 + c] = s[iw * sw + (gr * g.Cg + c) * sc];
+        }
+      } else {  // width innermost (NCHW): read rows of one channel, scatter into the L1-resident output row
+        for (int64_t ch = 0; ch < g.C; ++ch) {
+          const int64_t dc = (ch / g.Cg) * g.Cg4 + ch % g.Cg;
+          const uint8_t* sr = s + ch * sc;
+          uint8_t* d = dst + g.pw * g.Cp + dc;
+          for (int64_t iw = 0; iw < g.W; ++iw) d[iw * g.Cp] = sr[iw * sw];
+        }
+      }
+    }
+  });
+}
+
+// Per-pixel, per-group channel sums of the padded buffer (for the box sums).
+void channel_sums(const uint8_t* xp, const Geometry& g, int32_t* S) {
+  at::parallel_for(0, g.N * g.Hp * g.Wp, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t pix = begin; pix < end; ++pix) {
+      const uint8_t* px = xp + pix * g.Cp;
+      for (int64_t gr = 0; gr < g.G; ++gr) {
+        int32_t s = 0;
+        for (int64_t c = 0; c < g.Cg; ++c) s += px[gr * g.Cg4 + c];
+        S[pix * g.G + gr] = s;
+      }
+    }
+  });
+}
+
+at::Tensor int_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_zero,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                      const at::Tensor& out_mult, const at::Tensor& out_bias, const std::optional<at::Tensor>& residual,
+                      double residual_scale, bool relu, int64_t out_bits, double out_scale, double out_zero) {
+  check_cpu(x, "x");
+  check_cpu(weight, "weight");
+  TORCH_CHECK(x.scalar_type() == at::kByte && x.dim() == 4, "x: expected uint8 [N, C, H, W], got ", x.scalar_type(),
+              " of shape ", x.sizes());
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 4, "weight: expected int8 [O, C/groups, kh, kw]");
+  TORCH_CHECK(weight_zero.scalar_type() == at::kInt && weight_zero.numel() == weight.size(0),
+              "weight_zero: expected int32 [O]");
+  TORCH_CHECK(out_bits == 0 || (out_bits >= 2 && out_bits <= 8), "out_bits: expected 0 or 2..8, got ", out_bits);
+  Geometry g;
+  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
+  g.O = weight.size(0), g.G = groups, g.Cg = weight.size(1), g.kh = weight.size(2), g.kw = weight.size(3);
+  TORCH_CHECK(groups >= 1 && g.C % groups == 0 && g.O % groups == 0 && g.Cg == g.C / groups,
+              "groups/weight: inconsistent with x's channels");
+  g.Og = g.O / g.G;
+  g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
+  g.Ho = (g.H + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.Wo = (g.W + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(g.Ho >= 1 && g.Wo >= 1, "x: too small for the kernel");
+  g.Cg4 = (g.Cg + 3) / 4 * 4;
+  g.Cp = g.G * g.Cg4;
+  g.Hp = g.H + 2 * g.ph, g.Wp = g.W + 2 * g.pw, g.T = g.kh * g.kw;
+
+  const bool cl_out = x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+  at::Tensor out = at::empty({g.N, g.O, g.Ho, g.Wo},
+                             x.options().dtype(out_bits ? at::kByte : at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return cl_out ? out : out.contiguous();
+
+  auto pk = packed_weights(weight, weight_zero, g);
+  // int32 sums: |total| <= 255 * K * (max|w_eff| + max|z_eff|).
+  const int64_t K = g.Cg * g.T;
+  TORCH_CHECK(255 * K * (pk->max_abs_w + pk->max_abs_z) < (int64_t{1} << 31),
+              "int_conv2d: the int32 sums could overflow (", K, " products per output); use the reference backend");
+
+  // The NHWC padded input, or x itself when it already is that buffer.
+  at::Tensor xp_t;
+  const uint8_t* xp;
+  if (g.ph == 0 && g.pw == 0 && g.Cg4 == g.Cg && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    xp = x.const_data_ptr<uint8_t>();
+  } else {
+    xp_t = at::empty({g.N * g.Hp * g.Wp * g.Cp}, x.options());
+    pad_input(x, g, xp_t.data_ptr<uint8_t>());
+    xp = xp_t.const_data_ptr<uint8_t>();
+  }
+  at::Tensor S_t;
+  const bool has_box = !pk->folded;
+  if (has_box) {
+    S_t = at::empty({g.N * g.Hp * g.Wp * g.G}, x.options().dtype(at::kInt));
+    channel_sums(xp, g, S_t.data_ptr<int32_t>());
+  }
+
+  // float32 per-channel parameters, padded to whole vectors so that masked loads never leave the buffer anyway.
+  const at::Tensor mult = out_mult.to(at::kFloat).contiguous(), bias = out_bias.to(at::kFloat).contiguous();
+  at::Tensor res;
+  Epilogue ep{};
+  ep.mult = mult.const_data_ptr<float>();
+  ep.bias = bias.const_data_ptr<float>();
+  ep.zeff = pk->zeff.data();
+  ep.has_box = has_box;
+  if (residual.has_value() && residual->defined()) {
+    const at::Tensor& r = *residual;
+    check_cpu(r, "residual");
+    TORCH_CHECK(r.sizes() == out.sizes(), "residual: expected the output shape ", out.sizes(), ", got ", r.sizes());
+    TORCH_CHECK(r.scalar_type() == at::kFloat || r.scalar_type() == at::kByte,
+                "residual: expected float32 values or uint8 codes");
+    res = r.contiguous(at::MemoryFormat::ChannelsLast);
+    if (res.scalar_type() == at::kFloat) {
+      ep.res_kind = 1;
+      ep.res_f = res.const_data_ptr<float>();
+    } else {
+      ep.res_kind = 2;
+      ep.res_u8 = res.const_data_ptr<uint8_t>();
+    }
+  }
+  ep.res_scale = static_cast<float>(residual_scale);
+  ep.relu = relu;
+  ep.out_bits = static_cast<int>(out_bits);
+  ep.out_scale = static_cast<float>(out_scale);
+  ep.out_zero = static_cast<float>(out_zero);
+  if (out_bits) {
+    ep.qmin = -static_cast<float>(1 << (out_bits - 1));
+    ep.qmax = static_cast<float>((1 << (out_bits - 1)) - 1);
+    ep.out_u8 = out.data_ptr<uint8_t>();
+  } else {
+    ep.out_f = out.data_ptr<float>();
+  }
+
+#if defined(ADADFQ_INT_VNNI)
+  if (pk->vnni) {
+    run_vnni(g, *pk, xp, has_box ? S_t.const_data_ptr<int32_t>() : nullptr, ep);
+  } else {
+    run_generic(g, *pk, xp, ep);
+  }
+#else
+  run_generic(g, *pk, xp, ep);
+#endif
+  return cl_out ? out : out.contiguous();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(adadfq_native, CPU, m) { m.impl("int_conv2d", &int_conv2d); }
+
+}  // namespace adadfq::cpu
