@@ -1,0 +1,8 @@
+"""Integer deployment of a trained Q: ``export`` (Q -> :class:`IntegerModel`), the ``.adq`` file format
+(``save``/``load``) and the ``adadfq-fast export``/``infer`` commands (``cli``)."""
+from .export import UnsupportedModuleError, export, quantize_weight
+from .format import FormatError, load, pack_bits, save, unpack_bits
+from .modules import IntegerModel, Layer
+
+__all__ = ["export", "IntegerModel", "Layer", "UnsupportedModuleError", "quantize_weight", "save", "load",
+           "FormatError", "pack_bits", "unpack_bits"]

@@ -1,0 +1,338 @@
+"""The integer model: a flat program of fused layers over registers (see ``export.py`` for how Q maps onto it).
+
+A layer reads registers (``inp``, optionally ``res``) and writes one (``out``); register 0 is the input image.
+Values in registers are either uint8 activation codes ``m`` (the dequantized value is ``m / s``, with ``s``
+known at export) or float32 tensors. Layer kinds:
+
+* ``conv``: one convolution with its BatchNorm, optional residual, optional ReLU and optional requantization.
+  ``int=True``: ``adadfq_fast.ops.int_conv2d`` on uint8 codes (the fused integer kernel).
+  ``int=False`` (float fallback: the input image, or an input without a QuantAct): float32 convolution with the
+  dequantized weights ``w^ = (q_w + z_w) / s_w``, exactly the weights the fake-quant Q uses.
+* ``maxpool``: max pooling, on codes (exact: dequantization is monotone) or floats.
+* ``act``: a float activation quantizer for the rare site whose codes do not fit uint8 (output float ``x^``).
+* ``head``: global average pool + linear. On codes: per-channel integer sums ``S_c = sum_hw m`` and
+  ``logits = (sum_c q_w S_c + z_w sum_c S_c) / (s_w s_x HW) + bias``, exact integer arithmetic (float64 holds
+  these sums exactly, see ``_Head``), float32 logits.
+
+Each layer keeps its source tensors (``q_w`` int8, ``z_w`` int32, ``s_w`` float32, BN statistics, ...) for saving;
+everything the forward needs (``out_mult``/``out_bias`` folding ``1/(s_w s_x)`` and BN, dequantized weights) is
+derived once in ``build()``, so the forward is a list of prepared calls without checks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import _backend
+from ..ops import int_conv2d
+from ..ops._eager import use_custom_op
+
+LAYER_KINDS = ("conv", "maxpool", "act", "head")
+
+
+@dataclass
+class Layer:
+    """One layer of the integer program: ``kind``, JSON-able ``cfg`` and named ``tensors`` (what is saved)."""
+
+    kind: str
+    cfg: Dict[str, Any]
+    tensors: Dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in LAYER_KINDS:
+            raise ValueError(f"unknown integer layer kind {self.kind!r}; known: {LAYER_KINDS}")
+
+
+def dequantized_weight(q_w: Tensor, z_w: Tensor, s_w: Tensor) -> Tensor:
+    """``(q_w + z_w) / s_w`` in float32, the fake-quant's own expression (so the values are bit-identical)."""
+    shape = (-1,) + (1,) * (q_w.dim() - 1)
+    return (q_w.float() + z_w.float().reshape(shape)) / s_w.float().reshape(shape)
+
+
+def bn_affine(layer: Layer):
+    """Eval BatchNorm (+ conv bias) as ``y * a + b`` per channel, in float64: ``(a, b)``, or (None, bias)."""
+    t, cfg = layer.tensors, layer.cfg
+    bias = t["bias"].double() if cfg.get("has_bias") else None
+    if cfg.get("bn_eps") is None:
+        return None, bias
+    a = t["bn_weight"].double() / torch.sqrt(t["bn_var"].double() + cfg["bn_eps"])
+    b = t["bn_bias"].double() - t["bn_mean"].double() * a
+    if bias is not None:
+        b = b + bias * a
+    return a, b
+
+
+def _quantize_codes(v: Tensor, lo: float, hi: float, zero: float) -> Tensor:
+    """``v = s*y - zp`` (already formed) -> uint8 codes ``clamp(round(v), lo, hi) + zp`` (in place on ``v``)."""
+    return v.round_().clamp_(lo, hi).add_(zero).to(torch.uint8)
+
+
+class _IntConv:
+    """A conv run by the fused integer kernel."""
+
+    def __init__(self, layer: Layer):
+        cfg, t = layer.cfg, layer.tensors
+        a, b = bn_affine(layer)
+        o = t["q_w"].shape[0]
+        inv = 1.0 / (t["s_w"].double() * cfg["in_scale"])  # s_x is the float32 scale, held exactly by a double
+        mult = inv if a is None else inv * a
+        bias = torch.zeros(o, dtype=torch.float64) if b is None else b
+        dev = t["q_w"].device
+        self.inp, self.out, self.res = cfg["inp"], cfg["out"], cfg.get("res")
+        self.weight = t["q_w"].contiguous()
+        self.zero = t["z_w"].contiguous()
+        self.mult = mult.to(torch.float32).to(dev)
+        self.bias = bias.to(torch.float32).to(dev)
+        self.params = (list(cfg["stride"]), list(cfg["padding"]), list(cfg["dilation"]), int(cfg["groups"]))
+        self.res_scale = float(cfg.get("res_scale", 1.0))
+        self.tail = (bool(cfg["relu"]), int(cfg["out_bits"]), float(cfg.get("out_scale", 1.0)),
+                     float(cfg.get("out_zero", 0.0)))
+
+    def __call__(self, regs: List[Optional[Tensor]], kernel: Callable) -> None:
+        res = None if self.res is None else regs[self.res]
+        regs[self.out] = kernel(regs[self.inp], self.weight, self.zero, *self.params, self.mult, self.bias, res,
+                                self.res_scale, *self.tail)
+
+
+class _FloatConv:
+    """A conv in float32 with the dequantized weights (input image, or an input that is not uint8 codes).
+
+    Q's own arithmetic, op for op: ``conv2d(x, w^, bias)``, eval ``batch_norm``, residual, ReLU, and the
+    QuantAct's ``clamp(round(s*y - zp))`` (codes ``+ zp``), so the first layer's codes are bit-identical to Q's
+    (folding BN into the weights would be one pass cheaper but moves float32 roundings, hence some codes).
+    """
+
+    def __init__(self, layer: Layer):
+        cfg, t = layer.cfg, layer.tensors
+        dev = t["q_w"].device
+        self.weight = dequantized_weight(t["q_w"], t["z_w"], t["s_w"]).to(dev)
+        self.bias = t["bias"].float() if cfg.get("has_bias") else None
+        self.bn = None
+        if cfg.get("bn_eps") is not None:
+            self.bn = (t["bn_mean"].float(), t["bn_var"].float(), t["bn_weight"].float(), t["bn_bias"].float(),
+                       False, 0.0, float(cfg["bn_eps"]))
+        self.inp, self.out, self.res = cfg["inp"], cfg["out"], cfg.get("res")
+        self.in_codes = cfg["in_kind"] == "codes"
+        self.in_scale = float(cfg.get("in_scale", 1.0))
+        self.res_codes = cfg.get("res_kind") == "codes"
+        self.res_scale = float(cfg.get("res_scale", 1.0))
+        self.relu = bool(cfg["relu"])
+        self.out_bits = int(cfg["out_bits"])
+        self.params = (tuple(cfg["stride"]), tuple(cfg["padding"]), tuple(cfg["dilation"]), int(cfg["groups"]))
+        if self.out_bits:
+            half = 2 ** (self.out_bits - 1)
+            self.q_lo, self.q_hi = -half, half - 1
+            self.scale, self.zero = float(cfg["out_scale"]), float(cfg["out_zero"])
+
+    def __call__(self, regs: List[Optional[Tensor]], kernel: Callable) -> None:
+        x = regs[self.inp]
+        if self.in_codes:  # the dequantized activation m / s_x, as QuantAct returns it
+            x = x.to(torch.float32) / self.in_scale
+        y = F.conv2d(x, self.weight, self.bias, *self.params)
+        if self.bn is not None:
+            y = F.batch_norm(y, *self.bn)
+        if self.res is not None:
+            r = regs[self.res]
+            y = y + (r.to(torch.float32) / self.res_scale if self.res_codes else r)
+        if self.relu:
+            y = torch.relu_(y)
+        if self.out_bits == 0:
+            regs[self.out] = y
+            return
+        # The QuantAct's float32 steps (s*y, then - zp, round half to even, clamp), then the code q + zp.
+        codes = _quantize_codes(y.mul_(self.scale).sub_(self.zero), self.q_lo, self.q_hi, self.zero)
+        regs[self.out] = codes.contiguous(memory_format=torch.channels_last)
+
+
+class _MaxPool:
+    def __init__(self, layer: Layer):
+        cfg = layer.cfg
+        self.inp, self.out = cfg["inp"], cfg["out"]
+        self.args = (tuple(cfg["kernel_size"]), tuple(cfg["stride"]), tuple(cfg["padding"]),
+                     tuple(cfg["dilation"]), bool(cfg["ceil_mode"]))
+
+    def __call__(self, regs, kernel) -> None:
+        regs[self.out] = F.max_pool2d(regs[self.inp], *self.args)
+
+
+class _Act:
+    """Float activation + fake-quant (a site whose codes would not fit uint8): the QuantAct's own arithmetic."""
+
+    def __init__(self, layer: Layer):
+        cfg = layer.cfg
+        self.inp, self.out = cfg["inp"], cfg["out"]
+        self.act = cfg["act"]
+        bits = int(cfg["bits"])
+        self.half = 2 ** (bits - 1)
+        self.scale = torch.tensor(cfg["scale"], dtype=torch.float32)
+        self.zero = torch.tensor(cfg["zero"], dtype=torch.float32)
+
+    def __call__(self, regs, kernel) -> None:
+        y = regs[self.inp]
+        if self.act == "relu":
+            y = torch.relu(y)
+        elif self.act == "relu6":
+            y = torch.clamp(y, 0.0, 6.0)
+        q = torch.clamp(torch.round(self.scale * y - self.zero), -self.half, self.half - 1)
+        regs[self.out] = (q + self.zero) / self.scale
+
+
+class _Head:
+    """Global average pool + linear.
+
+    On codes: ``S[n,c] = sum_hw m`` and ``acc = S @ q_w^T + (sum_c S) z_w`` are integers below 2^53 (|q_w| <= 128,
+    m <= 255, checked at export), so float64 sums hold them exactly; only the final scaling rounds.
+    On floats (no QuantAct before the pool): the float path of Q (average pool, linear with w^).
+    """
+
+    def __init__(self, layer: Layer):
+        cfg, t = layer.cfg, layer.tensors
+        self.inp, self.out = cfg["inp"], cfg["out"]
+        self.pool = None if cfg["pool"] == "global" else tuple(cfg["pool"])
+        self.codes = cfg["in_kind"] == "codes"
+        dev = t["q_w"].device
+        bias = t["bias"].double() if cfg.get("has_bias") else torch.zeros(t["q_w"].shape[0], dtype=torch.float64)
+        if self.codes:
+            self.w = t["q_w"].double().t().contiguous()
+            self.z = t["z_w"].double().to(dev)
+            self.inv = (1.0 / (t["s_w"].double() * cfg["in_scale"])).to(dev)  # 1/HW applied per call
+            self.bias = bias.to(dev)
+        else:
+            self.w = dequantized_weight(t["q_w"], t["z_w"], t["s_w"])
+            self.bias = bias.to(torch.float32).to(dev)
+
+    def _check_pool(self, x: Tensor) -> None:
+        if self.pool is not None and tuple(x.shape[-2:]) != self.pool:
+            raise ValueError(f"the model's final {self.pool[0]}x{self.pool[1]} average pool needs a "
+                             f"{self.pool[0]}x{self.pool[1]} feature map, got {tuple(x.shape[-2:])} (input size "
+                             "differs from the exported model's)")
+
+    def __call__(self, regs, kernel) -> None:
+        x = regs[self.inp]
+        self._check_pool(x)
+        if self.codes:
+            n, c, h, w = x.shape
+            hw = h * w
+            if x.is_contiguous(memory_format=torch.channels_last):  # NHWC memory: a plain reduction over rows
+                s = x.permute(0, 2, 3, 1).reshape(n, hw, c).sum(dim=1, dtype=torch.int32).double()
+            else:
+                s = x.sum(dim=(2, 3), dtype=torch.int32).double()  # exact: at most 255 * HW per channel
+            acc = torch.addmm(s.sum(dim=1, keepdim=True) * self.z, s, self.w)
+            regs[self.out] = (acc * (self.inv / hw) + self.bias).to(torch.float32)
+        else:
+            pooled = F.avg_pool2d(x, kernel_size=x.shape[-2:]).flatten(1)
+            regs[self.out] = F.linear(pooled, self.w, self.bias)
+
+
+_RUNNERS = {"conv": None, "maxpool": _MaxPool, "act": _Act, "head": _Head}
+
+
+def _runner(layer: Layer):
+    if layer.kind == "conv":
+        return _IntConv(layer) if layer.cfg["int"] else _FloatConv(layer)
+    return _RUNNERS[layer.kind](layer)
+
+
+def _public_int_conv2d(x, weight, weight_zero, stride, padding, dilation, groups, out_mult, out_bias, residual,
+                       residual_scale, relu, out_bits, out_scale, out_zero):
+    return int_conv2d(x, weight, weight_zero, stride, padding, dilation, groups, out_mult, out_bias, residual,
+                      residual_scale, relu, out_bits, out_scale, out_zero)
+
+
+class IntegerModel(nn.Module):
+    """Integer inference of an exported Q: ``forward(float images [N, C, H, W]) -> float32 logits [N, classes]``.
+
+    ``layers`` is the program built by :func:`adadfq_fast.deploy.export`; ``meta`` is free-form information
+    (source model, bit widths, input shape). Codes travel between layers as channels_last uint8 tensors. The
+    integer convolutions run on the backend that ``adadfq_fast.use_backend`` / ``set_backend`` selects (resolved
+    once per forward); in plain eager mode the prepared kernel is called directly, without the op's per-call
+    argument checks (the arguments were checked when the model was built; the input image is checked here).
+    """
+
+    def __init__(self, layers: List[Layer], meta: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        self.layers = list(layers)
+        self.meta = dict(meta or {})
+        self._build()
+
+    # -- construction ---------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        if not self.layers or self.layers[-1].kind != "head":
+            raise ValueError("an integer model must end with a 'head' layer")
+        self._runners = [_runner(layer) for layer in self.layers]
+        self.num_registers = 1 + max(layer.cfg["out"] for layer in self.layers)
+        self.output_register = self.layers[-1].cfg["out"]
+        # Free each register after its last reader, so a batch-256 forward does not hold every activation.
+        last_use: Dict[int, int] = {}
+        for i, layer in enumerate(self.layers):
+            for key in ("inp", "res"):
+                r = layer.cfg.get(key)
+                if r is not None:
+                    last_use[r] = i
+        self._frees = [[r for r, i in last_use.items() if i == j and r != self.output_register]
+                       for j in range(len(self.layers))]
+        first = self.layers[0]
+        self.in_channels = int(self.meta.get("in_channels", 0)) or None
+        self._first_float = first.kind == "conv" and not first.cfg["int"]
+
+    def _apply(self, fn, recurse=True):
+        # .to(device)/.cuda() move the source tensors; the prepared copies are rebuilt from them.
+        # Only the device follows: dtype casts (.half()) would change the stored integers and scales.
+        device = fn(torch.zeros(1)).device
+        for layer in self.layers:
+            layer.tensors = {k: v.to(device) for k, v in layer.tensors.items()}
+        self._build()
+        return super()._apply(fn, recurse)
+
+    # -- inference ------------------------------------------------------------------------------------------
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
+            raise ValueError(f"x: expected a float image batch [N, C, H, W], got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+                             f"{' ' + str(x.dtype) if isinstance(x, Tensor) else ''}")
+        if self.in_channels is not None and x.shape[1] != self.in_channels:
+            raise ValueError(f"x: the model takes {self.in_channels} input channels, got {x.shape[1]}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        x = x.to(torch.float32)
+        if not self._first_float:  # the integer kernels take codes in channels_last
+            x = x.contiguous(memory_format=torch.channels_last)
+        if use_custom_op(x):  # tracing / modes / subclasses: the registered op, which they understand
+            kernel = _public_int_conv2d
+        else:
+            kernel = _backend.kernel_for("int_conv2d", x.device)
+        regs: List[Optional[Tensor]] = [None] * self.num_registers
+        regs[0] = x
+        for run, frees in zip(self._runners, self._frees):
+            run(regs, kernel)
+            for r in frees:
+                regs[r] = None
+        return regs[self.output_register]
+
+    # -- information ----------------------------------------------------------------------------------------
+    def summary(self) -> List[str]:
+        """One line per layer (kind, source module, int/float, shapes, bits)."""
+        lines = []
+        for i, layer in enumerate(self.layers):
+            c = layer.cfg
+            if layer.kind == "conv":
+                w = tuple(layer.tensors["q_w"].shape)
+                path = "int" if c["int"] else f"float({c['in_kind']} in)"
+                res = "" if c.get("res") is None else f" +res({c.get('res_kind')})"
+                out = f"codes{c['out_bits']}" if c["out_bits"] else "float"
+                lines.append(f"{i:3d} conv {c.get('name', '')}: {path} w{c['wbits']} {w}{res}"
+                             f"{' relu' if c['relu'] else ''} -> {out}")
+            else:
+                lines.append(f"{i:3d} {layer.kind} {c.get('name', '')}")
+        return lines
+
+    def extra_repr(self) -> str:
+        n_int = sum(1 for L in self.layers if L.kind == "conv" and L.cfg["int"])
+        n_float = sum(1 for L in self.layers if L.kind == "conv" and not L.cfg["int"])
+        return f"layers={len(self.layers)}, int convs={n_int}, float convs={n_float}, meta={self.meta}"
