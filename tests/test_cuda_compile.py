@@ -297,6 +297,7 @@ def emulated():
         "emu_generator_loss_backward": [P, P, P, P, I, I, P, I64, I64, P, D, D, D, D, P, P],
         "emu_student_loss": [P, P, I, I, I64, I64, D, P, P],
         "emu_student_loss_backward": [P, P, P, I, I, I64, I64, P, D, P],
+        "emu_int_conv2d": [P, PI64, P, PI64, P, P, P, P, I, PI64, P, PI64, PI64, PI, I, I, D, D, D],
     }
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
@@ -553,3 +554,101 @@ def test_emulated_student_loss(emu, batch, classes, dtypes, T):
     assert emu.emu_student_loss_backward(_ptr(grad), _ptr(t), _ptr(s), _dt(t), _dt(s), batch, classes,
                                          _ptr(want_rows), T, _ptr(grad_s)) == 0  # fmt: skip
     _close(grad_s, ref.student_loss_backward(grad, t, s, want_rows, T))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# int_conv2d (integer inference): bit-exact against reference.int_conv2d_forward, through both CUDA kernels (the
+# dp4a implicit GEMM and the direct kernel for few channels per group), every layout and epilogue option.
+# ----------------------------------------------------------------------------------------------------------
+INT_CONV_CASES = [
+    # (n, c, h, w, o, k, stride, padding, dilation, groups)
+    (2, 16, 9, 9, 16, 3, 1, 1, 1, 1),     # GEMM, one K chunk of 32 with a channel tail
+    (1, 72, 7, 6, 80, 3, 2, 1, 1, 1),     # GEMM: 3 K chunks, 2 output-channel tiles with a tail, stride 2
+    (2, 40, 9, 9, 40, 1, 1, 0, 1, 1),     # 1x1, 32-bit word loads in channels_last, a partial second chunk
+    (1, 18, 12, 12, 22, 7, 2, 3, 1, 2),   # 7x7 padding 3, 9 channels per group (unaligned words, groups)
+    (2, 24, 8, 8, 24, 3, 1, 2, 2, 3),     # dilation 2, groups with 8 channels: direct kernel
+    (2, 12, 7, 7, 24, 3, 2, 1, 1, 12),    # depthwise with channel multiplier 2: direct kernel
+    (1, 5, 7, 8, 7, 2, 1, 0, 1, 1),       # odd everything: direct kernel
+]
+
+
+def _int_conv2d_emulated(emu, x, q, z, stride, padding, dilation, groups, mult, bias, residual, residual_scale, relu,
+                         out_bits, out_scale, out_zero):
+    import ctypes
+
+    import torch
+    from adadfq_fast import reference as ref
+
+    n, c, h, w = x.shape
+    o, cg, kh, kw = q.shape
+    ho = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    wo = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    fmt = torch.channels_last if ref.int_conv2d_output_channels_last(x) else torch.contiguous_format
+    out = torch.full((n, o, ho, wo), 77, dtype=torch.uint8 if out_bits else torch.float32).contiguous(memory_format=fmt)
+
+    def i64(values):
+        return (ctypes.c_int64 * len(values))(*values)
+
+    kind = 0 if residual is None else (2 if residual.dtype == torch.uint8 else 1)
+    rc = emu.emu_int_conv2d(
+        _ptr(x), i64(x.stride()), _ptr(q), i64(q.stride()), _ptr(z), _ptr(mult), _ptr(bias), _ptr(residual), kind,
+        i64(residual.stride() if residual is not None else (0, 0, 0, 0)), _ptr(out), i64(out.stride()),
+        i64((n, c, h, w, o, kh, kw, ho, wo)), (ctypes.c_int * 7)(stride, stride, padding, padding, dilation, dilation,
+                                                                groups),
+        int(relu), out_bits, residual_scale, out_scale, out_zero,
+    )  # fmt: skip
+    assert rc == 0
+    return out
+
+
+@pytest.mark.parametrize("case", INT_CONV_CASES, ids=lambda c: "n{}c{}h{}w{}o{}k{}s{}p{}d{}g{}".format(*c))
+def test_emulated_int_conv2d(emu, case):
+    import torch
+    from adadfq_fast import reference as ref
+
+    n, c, h, w, o, k, stride, padding, dilation, groups = case
+    x = torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8)
+    q = torch.randint(-128, 128, (o, c // groups, k, k), dtype=torch.int8)
+    q.view(-1)[0], q.view(-1)[-1] = -128, 127
+    z = torch.randint(-127, 129, (o,), dtype=torch.int32)
+    mult, bias = torch.rand(o) * 0.02 + 1e-3, torch.randn(o)
+    ho = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    wo = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    res_float = torch.randn(n, o, ho, wo) * 2
+    res_codes = torch.randint(0, 256, (n, o, ho, wo), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    q_cl = q.contiguous(memory_format=torch.channels_last)  # what the binding passes (aligned 32-bit loads)
+    variants = [
+        (x, q, None, False, 0, 1.0, 0.0),
+        (x.contiguous(memory_format=torch.channels_last), q_cl, res_float, True, 8, 20.0, 128.0),
+        (x.contiguous(memory_format=torch.channels_last), q_cl, res_codes, False, 4, 5.5, 8.0),
+        (x, q_cl, res_codes, True, 0, 1.0, 0.0),
+    ]
+    for xv, qv, res, relu, out_bits, out_scale, out_zero in variants:
+        args = (xv, qv, z, stride, padding, dilation, groups, mult, bias, res, 3.7, relu, out_bits, out_scale, out_zero)
+        got = _int_conv2d_emulated(emu, *args)
+        want = ref.int_conv2d_forward(xv, qv, z, [stride] * 2, [padding] * 2, [dilation] * 2, groups, mult, bias, res,
+                                      3.7, relu, out_bits, out_scale, out_zero)
+        assert got.dtype == want.dtype and got.stride() == want.stride()
+        assert torch.equal(got, want), (got.float() - want.float()).abs().max()
+
+
+def test_emulated_int_conv2d_strided_views_and_extremes(emu):
+    """Non-contiguous x, weight and residual read through their strides; 255 codes against -128/127 weights."""
+    import torch
+    from adadfq_fast import reference as ref
+
+    x = torch.randint(0, 256, (2, 36, 8, 10), dtype=torch.uint8)
+    x[0] = 255
+    xs = torch.stack([x, torch.zeros_like(x)], dim=-1)[..., 0][:, :, :, 1:]
+    q = torch.randint(-128, 128, (20, 36, 3, 3), dtype=torch.int8)
+    q[:4] = -128
+    q[4:8] = 127
+    qs = torch.stack([q, torch.zeros_like(q)], dim=-1)[..., 0]
+    z = torch.tensor([128, -127] * 10, dtype=torch.int32)
+    mult, bias = torch.rand(20) * 1e-4, torch.randn(20)
+    res = torch.randn(2, 20, 8, 9)
+    rs = torch.stack([res, res], dim=-1)[..., 1]
+    assert not xs.is_contiguous() and not qs.is_contiguous() and not rs.is_contiguous()
+    got = _int_conv2d_emulated(emu, xs, qs, z, 1, 1, 1, 1, mult, bias, rs, 1.0, True, 0, 1.0, 0.0)
+    want = ref.int_conv2d_forward(xs, qs, z, [1, 1], [1, 1], [1, 1], 1, mult, bias, rs, 1.0, True, 0, 1.0, 0.0)
+    assert torch.equal(got, want)

@@ -466,3 +466,112 @@ def test_graph_training_step(backend):
 
     # cuBLAS may pick other kernels inside a capture, so the comparison allows float32 rounding.
     _graph_vs_eager(backend, make, step, exact=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# int_conv2d (integer inference): bit-identical to the int64 reference; CUDA-graph capture of a batch-1 call.
+# ----------------------------------------------------------------------------------------------------------
+INT_CONV_CASES = {
+    # (n, c, h, w, o, k, stride, padding, dilation, groups)
+    "resnet18_layer1": (8, 64, 56, 56, 64, 3, 1, 1, 1, 1),
+    "resnet18_downsample_3x3": (4, 128, 28, 28, 256, 3, 2, 1, 1, 1),
+    "projection_1x1": (4, 256, 14, 14, 512, 1, 2, 0, 1, 1),
+    "kernel_7x7": (2, 16, 32, 32, 24, 7, 2, 3, 1, 1),
+    "depthwise": (4, 96, 28, 28, 96, 3, 2, 1, 1, 96),
+    "groups_9_channels": (2, 18, 17, 15, 22, 3, 1, 2, 2, 2),
+    "odd_small": (3, 5, 7, 8, 7, 2, 1, 0, 1, 1),
+}
+
+
+def _int_conv_inputs(case, bits=8, gen=None):
+    n, c, h, w, o, k, stride, padding, dilation, groups = case
+    half = 2 ** (bits - 1)
+    x = torch.randint(0, 2**bits, (n, c, h, w), dtype=torch.uint8, device="cuda", generator=gen)
+    q = torch.randint(-half, half, (o, c // groups, k, k), dtype=torch.int8, device="cuda", generator=gen)
+    z = torch.randint(-(half - 1), half + 1, (o,), dtype=torch.int32, device="cuda", generator=gen)
+    mult = torch.rand(o, device="cuda", generator=gen) * 0.02 / (c // groups * k * k) ** 0.5 + 1e-4
+    bias = torch.randn(o, device="cuda", generator=gen)
+    return x, q, z, mult, bias
+
+
+def _int_conv_call(backend, x, q, z, mult, bias, case, **kw):
+    _, _, _, _, _, _, stride, padding, dilation, groups = case
+    return on(backend, adadfq_fast.int_conv2d, x, q, z, stride, padding, dilation, groups, out_mult=mult,
+              out_bias=bias, **kw)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", list(INT_CONV_CASES))
+def test_int_conv2d(backend, case, layout):
+    shape = INT_CONV_CASES[case]
+    x, q, z, mult, bias = _int_conv_inputs(shape)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for kw in (dict(), dict(relu=True, out_bits=4, out_scale=3.0, out_zero=8.0)):
+        got = _int_conv_call(backend, x, q, z, mult, bias, shape, **kw)
+        want = _int_conv_call("reference", x, q, z, mult, bias, shape, **kw)
+        assert_bitwise(got, want)
+        assert got.stride() == want.stride()
+
+
+@pytest.mark.parametrize("residual_kind", ["float", "codes"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_int_conv2d_epilogue(backend, residual_kind, bits):
+    shape = (4, 64, 14, 14, 64, 3, 1, 1, 1, 1)
+    x, q, z, mult, bias = _int_conv_inputs(shape, bits)
+    x = x.contiguous(memory_format=torch.channels_last)
+    out_shape = (4, 64, 14, 14)
+    residual = (torch.randn(out_shape, device="cuda") if residual_kind == "float"
+                else torch.randint(0, 2**bits, out_shape, dtype=torch.uint8, device="cuda"))
+    half = 2 ** (bits - 1)
+    for relu, out_bits, out_zero in ((False, 0, 0.0), (True, bits, float(half)), (False, bits, float(255 - half + 1))):
+        kw = dict(residual=residual, residual_scale=3.7, relu=relu, out_bits=out_bits, out_scale=2.0**bits / 5,
+                  out_zero=out_zero)
+        assert_bitwise(_int_conv_call(backend, x, q, z, mult, bias, shape, **kw),
+                       _int_conv_call("reference", x, q, z, mult, bias, shape, **kw))
+
+
+def test_int_conv2d_strided_views(backend):
+    shape = (2, 32, 12, 12, 48, 3, 1, 1, 1, 1)
+    x, q, z, mult, bias = _int_conv_inputs(shape)
+    xs = torch.stack([x, torch.zeros_like(x)], dim=-1)[..., 0]
+    qs = torch.stack([q, torch.zeros_like(q)], dim=-1)[..., 0]
+    res = torch.randn(2, 48, 12, 12, device="cuda")
+    rs = torch.stack([res, res], dim=-1)[..., 1]
+    got = _int_conv_call(backend, xs, qs, z, mult, bias, shape, residual=rs)
+    assert_bitwise(got, _int_conv_call("reference", x, q, z, mult, bias, shape, residual=res))
+
+
+def test_int_conv2d_empty_batch(backend):
+    shape = (0, 16, 8, 8, 8, 3, 1, 1, 1, 1)
+    x, q, z, mult, bias = _int_conv_inputs(shape)
+    out = _int_conv_call(backend, x, q, z, mult, bias, shape, out_bits=4, out_zero=8.0)
+    assert out.shape == (0, 8, 8, 8) and out.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_graph_int_conv2d(backend, residual):
+    """A batch-1 call (the latency case) captured and replayed on new codes, weights and residual."""
+    shape = (1, 64, 28, 28, 128, 3, 2, 1, 1, 1)
+
+    def make(seed):
+        g = _seeded(seed)
+        x, q, z, mult, bias = _int_conv_inputs(shape, gen=g)
+        res = torch.randint(0, 256, (1, 128, 14, 14), dtype=torch.uint8, device="cuda", generator=g)
+        return [x.contiguous(memory_format=torch.channels_last), q, z, mult, bias,
+                res.contiguous(memory_format=torch.channels_last)]
+
+    def step(x, q, z, mult, bias, res):
+        out = adadfq_fast.int_conv2d(x, q, z, 2, 1, 1, 1, out_mult=mult, out_bias=bias,
+                                     residual=res if residual else None, residual_scale=9.5, relu=True, out_bits=8,
+                                     out_scale=7.0, out_zero=128.0)
+        return [out]
+
+    _graph_vs_eager(backend, make, step)
+    # And the replay equals the reference on those inputs.
+    inputs = make(1)
+    x, q, z, mult, bias, res = inputs
+    kw = dict(residual=res if residual else None, residual_scale=9.5, relu=True, out_bits=8, out_scale=7.0,
+              out_zero=128.0)
+    assert_bitwise(_int_conv_call(backend, x, q, z, mult, bias, shape, **kw),
+                   _int_conv_call("reference", x, q, z, mult, bias, shape, **kw))

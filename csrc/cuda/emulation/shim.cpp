@@ -110,4 +110,37 @@ int emu_student_loss_backward(const float* grad, const void* t, const void* s, i
                                       nullptr);
 }
 
+// sizes: N, C, H, W, O, kh, kw, Ho, Wo; conv: stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups.
+int emu_int_conv2d(const uint8_t* x, const int64_t* x_stride, const int8_t* weight, const int64_t* w_stride,
+                   const int32_t* weight_zero, const float* out_mult, const float* out_bias, const void* residual,
+                   int residual_kind, const int64_t* r_stride, void* out, const int64_t* o_stride,
+                   const int64_t* sizes, const int* conv, int relu, int out_bits, double residual_scale,
+                   double out_scale, double out_zero) {
+  IntConv2dArgs a{};
+  a.x = x;
+  a.weight = weight;
+  for (int d = 0; d < 4; ++d) {
+    a.x_stride[d] = x_stride[d];
+    a.w_stride[d] = w_stride[d];
+    a.r_stride[d] = residual_kind ? r_stride[d] : 0;
+    a.o_stride[d] = o_stride[d];
+  }
+  a.weight_zero = weight_zero;
+  a.out_mult = out_mult;
+  a.out_bias = out_bias;
+  a.residual = residual;
+  a.residual_kind = residual_kind;
+  a.out = out;
+  a.batch = sizes[0], a.in_channels = sizes[1], a.height = sizes[2], a.width = sizes[3], a.out_channels = sizes[4];
+  a.kernel_h = sizes[5], a.kernel_w = sizes[6], a.out_h = sizes[7], a.out_w = sizes[8];
+  a.stride_h = conv[0], a.stride_w = conv[1], a.pad_h = conv[2], a.pad_w = conv[3], a.dil_h = conv[4];
+  a.dil_w = conv[5], a.groups = conv[6];
+  a.relu = relu;
+  a.out_bits = out_bits;
+  a.residual_scale = float(residual_scale);  // float32 values of the Python floats, as the binding
+  a.out_scale = float(out_scale);
+  a.out_zero = float(out_zero);
+  return launch_int_conv2d(a, nullptr);
+}
+
 }  // extern "C"

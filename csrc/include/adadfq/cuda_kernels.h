@@ -111,5 +111,31 @@ cudaError_t launch_student_loss(const StudentLossArgs& args, float* loss, float*
 cudaError_t launch_student_loss_backward(const StudentLossArgs& args, const float* grad, const float* row_stats,
                                          void* grad_s, cudaStream_t stream);
 
+// ---- int_conv2d: uint8 activation codes x int8 weight levels (integer inference; schema in
+// adadfq_fast/ops/native.py, math in adadfq_fast/reference.py int_conv2d_forward). Every tensor is read and
+// written through its element strides, in (n, c, h, w) / (o, c, kh, kw) order. The sums are exact integers
+// (int32 dot products, int64 for acc + z_w * box), then the float32 epilogue in the reference's order.
+struct IntConv2dArgs {
+  const uint8_t* x;           // [N, C, H, W] codes m
+  int64_t x_stride[4];
+  const int8_t* weight;       // [O, C/groups, kh, kw] levels q_w (fastest when input channels are contiguous)
+  int64_t w_stride[4];
+  const int32_t* weight_zero; // [O] z_w, contiguous
+  const float* out_mult;      // [O], contiguous
+  const float* out_bias;      // [O], contiguous
+  const void* residual;       // nullptr, float32 or uint8 codes [N, O, Ho, Wo]
+  int32_t residual_kind;      // 0: none, 1: float32, 2: uint8 codes (divided by residual_scale)
+  int64_t r_stride[4];
+  void* out;                  // [N, O, Ho, Wo]: float32 (out_bits == 0) or uint8 codes
+  int64_t o_stride[4];
+  int64_t batch, in_channels, height, width, out_channels, kernel_h, kernel_w, out_h, out_w;
+  int32_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
+  int32_t relu;
+  int32_t out_bits;           // 0: float32 output, else 2..8
+  float residual_scale, out_scale, out_zero;  // float32 values of the schema's doubles
+};
+// Returns cudaErrorInvalidValue for sizes outside the kernels' 32-bit pixel and tap indexing.
+cudaError_t launch_int_conv2d(const IntConv2dArgs& args, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace adadfq
