@@ -1,0 +1,121 @@
+"""`adadfq-fast pretrain` and `adadfq-fast quantize` end to end on tiny Fashion-MNIST-shaped IDX files the test
+writes (the real data and the shipped teacher are checked separately and skipped when absent)."""
+import json
+import os
+
+import pytest
+import torch
+
+from adadfq_fast import pretrain, quantize_job
+from adadfq_fast.models import build_model
+from adadfq_fast.nn import load_q_checkpoint
+from test_data import write_fmnist
+
+
+@pytest.fixture
+def tiny_fmnist(tmp_path):
+    root = tmp_path / "fmnist"
+    write_fmnist(root, prefix="train", n=64, seed=1)
+    write_fmnist(root, prefix="t10k", n=40, seed=2)
+    return root
+
+
+def test_augment_shifts_and_flips_within_bounds():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 8, 8) + 0.5  # no zeros: a zero in the output can only be shift padding
+    out = pretrain.augment(x, gen, shift=2)
+    assert out.shape == x.shape
+    for i in range(len(x)):
+        # Each output is a shifted (and maybe mirrored) copy: its non-zero values are a subset of the input's.
+        vals = out[i][out[i] != 0]
+        assert torch.isin(vals, x[i]).all()
+        zero_rows = (out[i, 0] == 0).all(dim=1).sum() + 0
+        assert zero_rows <= 2
+    assert not torch.equal(out, x)  # something moved
+    again = pretrain.augment(x, torch.Generator().manual_seed(0), shift=2)
+    assert torch.equal(out, again)  # the seed fixes the augmentation
+
+
+def test_pretrain_writes_weights_and_card(tiny_fmnist, tmp_path):
+    out = tmp_path / "teacher.pt"
+    assert pretrain.main(["--data-root", str(tiny_fmnist), "--epochs", "1", "--batch-size", "16", "--out", str(out),
+                          "--no-progress"]) == 0
+    card = pretrain.shipped_teacher_card(str(out))
+    assert card["model"] == "resnet20" and card["in_channels"] == 1 and card["in_size"] == [28, 28]
+    assert len(card["train_data_sha256"]) == 64 and card["train_data_sha256"] != card["test_data_sha256"]
+    assert card["command"].startswith("adadfq-fast pretrain") and 0 <= card["test_acc"] <= 100
+    model = build_model("resnet20", num_classes=10, in_channels=1, in_size=(28, 28), checkpoint=str(out))
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_quantize_job_end_to_end(tiny_fmnist, tmp_path):
+    teacher = build_model("resnet20", num_classes=10, in_channels=1, in_size=(28, 28))
+    ckpt = tmp_path / "t.pt"
+    torch.save(teacher.state_dict(), ckpt)
+    out = tmp_path / "job"
+    code = quantize_job.main(["--checkpoint", str(ckpt), "--data-root", str(tiny_fmnist), "--epochs", "2",
+                              "--iters-per-epoch", "2", "--warmup-epochs", "1", "--batch-size", "4", "--bits", "3",
+                              "--out", str(out), "--no-progress"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("teacher_acc", "calib_acc", "gdfq_acc", "adadfq_acc"):
+        assert 0.0 <= summary[key] <= 100.0, key
+    assert set(summary["iters_per_s"]) == {"gdfq", "adadfq"} and all(v > 0 for v in summary["iters_per_s"].values())
+    assert summary["config"]["wbits"] == 3 and summary["config"]["abits"] == 3
+    # H' of every sample of the first and last epoch: 2 iterations x batch 4.
+    assert len(summary["runs"]["adadfq"]["h_norm_first"]) == 8
+    assert "| W3A3 AdaDFQ |" in (out / "table.md").read_text()
+    if _has_matplotlib():
+        for name in ("accuracy.png", "h_norm.png"):
+            assert (out / name).stat().st_size > 1000
+    q, payload = load_q_checkpoint(out / "q_adadfq_w3a3.pt")
+    assert payload["wbits"] == 3 and payload["meta"]["method"] == "adadfq"
+    assert q(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_quantize_job_errors(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="--bits must be in 2..8"):
+        quantize_job.main(["--bits", "9"])
+    with pytest.raises(SystemExit, match="--warmup-epochs"):
+        quantize_job.main(["--epochs", "2", "--warmup-epochs", "2"])
+    with pytest.raises(SystemExit, match="no shipped teacher"):
+        quantize_job.main(["--model", "resnet20_cifar10", "--dataset", "cifar10"])
+    monkeypatch.setenv("ADADFQ_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "t.pt"
+    torch.save(build_model("resnet20", num_classes=10, in_channels=1, in_size=(28, 28)).state_dict(), ckpt)
+    # A data root without the files: the error says where it looked and how to install the data.
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        quantize_job.main(["--checkpoint", str(ckpt), "--data-root", str(tmp_path / "nowhere")])
+
+
+@pytest.mark.skipif(not os.path.isfile(pretrain.SHIPPED_TEACHER), reason="shipped teacher weights not present")
+def test_shipped_teacher_card_matches_weights():
+    import hashlib
+
+    card = pretrain.shipped_teacher_card()
+    with open(pretrain.SHIPPED_TEACHER, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == card["weights_sha256"]
+    assert card["test_acc"] >= 92.0 and card["in_size"] == [28, 28]
+
+
+@pytest.mark.skipif(not os.path.isfile(pretrain.SHIPPED_TEACHER), reason="shipped teacher weights not present")
+def test_shipped_teacher_accuracy_on_real_test_set():
+    from adadfq_fast.data import FASHION_MNIST_DIR, evaluate, make_loader
+
+    if not os.path.isdir(FASHION_MNIST_DIR):
+        pytest.skip(f"Fashion-MNIST not installed in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
+    card = pretrain.shipped_teacher_card()
+    model = build_model("resnet20", num_classes=10, in_channels=1, in_size=(28, 28),
+                        checkpoint=pretrain.SHIPPED_TEACHER)
+    acc = evaluate(model, make_loader("fashion-mnist", batch_size=1000, root=FASHION_MNIST_DIR), progress=False)
+    assert acc == pytest.approx(card["test_acc"], abs=0.02)  # the card's number is reproducible
+    assert acc >= 92.0
