@@ -41,6 +41,10 @@ timeout $(left 120) python3 -m adadfq_fast bench ops --device cuda --repeats 30 
 step "copy bandwidth ceiling vs fake-quant forward (64 and 256 MB)"
 timeout $(left 90) python3 benchmarks/bench_bandwidth.py --device cuda --sizes-mb 64 256 --json "$DEST/bandwidth_gpu.json"
 
+step "int_conv2d: triton and cuda vs float16 channels_last F.conv2d, ResNet-18 layers at batch 256"
+timeout $(left 75) python3 benchmarks/bench_int_conv2d_gpu.py --device cuda --batch 256 --repeats 10 \
+  --json "$DEST/bench_int_conv2d_gpu.json"
+
 step "bench step: one game iteration, faithful vs fast (ResNet-20 CIFAR and ResNet-18 224 px, batch 16)"
 timeout $(left 120) python3 -m adadfq_fast bench step --device cuda --model resnet20_cifar10 --batch 16 --iters 20 \
   --json "$DEST/bench_step_gpu_resnet20.json"

@@ -47,6 +47,9 @@ INTERPRET_TILES = dict(BLOCK_M=256, MAX_BLOCK_N=128, MAX_BLOCK_K=128, MIN_BLOCK_
 DW_BLOCK_P, DW_MAX_BLOCK_C = (256, 128) if _INTERPRET else (64, 64)
 
 RESIDUAL_NONE, RESIDUAL_FLOAT, RESIDUAL_CODES = 0, 1, 2
+# Sizes that change from layer to layer but tell the compiler nothing useful (unlike the strides, whose
+# divisibility gives aligned vector loads): not specialized on, so a network compiles a handful of variants.
+_VARYING = ["n_pixels", "height", "width", "out_h", "out_w", "kernel_h", "kernel_w", "pad_h", "pad_w"]
 
 
 @triton.jit
@@ -97,15 +100,14 @@ def _pixels(pid_m, n_pixels, out_h, out_w, BLOCK: tl.constexpr, WIDE: tl.constex
     return pix, pmask, n_idx, oh, ow
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING + ["n_blocks_n", "n_chunks"])
 def _int_conv2d_gemm_kernel(
     x_ptr, w_ptr, zero_ptr, mult_ptr, bias_ptr, res_ptr, out_ptr,
-    n_pixels, height, width, out_h, out_w, cin_g, cout_g, n_blocks_n,
+    n_pixels, height, width, out_h, out_w, cin_g, cout_g, n_blocks_n, n_chunks, kernel_h, kernel_w,
     xs_n, xs_c, xs_h, xs_w, ws_o, ws_c, ws_h, ws_w,
     rs_n, rs_c, rs_h, rs_w, os_n, os_c, os_h, os_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     residual_scale, out_scale, out_zero, half,
-    KH: tl.constexpr, KW: tl.constexpr,
     RESIDUAL: tl.constexpr, RELU: tl.constexpr, REQUANT: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -125,24 +127,24 @@ def _int_conv2d_gemm_kernel(
     wsum = tl.zeros([BLOCK_N], dtype=tl.int32)
     x_pix = x_ptr + n_idx * xs_n
     w_out = w_ptr + o * ws_o
-    for r in tl.static_range(KH):
+    # One flat K loop over (tap, channel chunk), so the compiler pipelines the loads of every step (num_stages).
+    for step in range(0, kernel_h * kernel_w * n_chunks):
+        tap = step // n_chunks
+        c = (step - tap * n_chunks) * BLOCK_K + kk
+        r = tap // kernel_w
+        s = tap - r * kernel_w
         ih = oh * stride_h - pad_h + r * dil_h
-        row_ok = pmask & (ih >= 0) & (ih < height)
-        for s in tl.static_range(KW):
-            iw = ow * stride_w - pad_w + s * dil_w
-            ok = row_ok & (iw >= 0) & (iw < width)
-            x_tap = x_pix + ih * xs_h + iw * xs_w
-            w_tap = w_out + r * ws_h + s * ws_w
-            for c0 in range(0, cin_g, BLOCK_K):
-                c = c0 + kk
-                cmask = c < cin_g
-                xm = tl.load(x_tap[:, None] + (c_base + c)[None, :] * xs_c,
-                             mask=ok[:, None] & cmask[None, :], other=0)
-                xi = xm.to(tl.int32)
-                box += tl.sum(xi, axis=1)
-                wt = tl.load(w_tap[None, :] + c[:, None] * ws_c, mask=cmask[:, None] & omask[None, :], other=0)
-                wsum += tl.sum(wt.to(tl.int32), axis=0)
-                acc += tl.dot((xi - 128).to(tl.int8), wt, out_dtype=tl.int32)
+        iw = ow * stride_w - pad_w + s * dil_w
+        ok = pmask & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+        cmask = c < cin_g
+        xm = tl.load((x_pix + ih * xs_h + iw * xs_w)[:, None] + (c_base + c)[None, :] * xs_c,
+                     mask=ok[:, None] & cmask[None, :], other=0)
+        xi = xm.to(tl.int32)
+        box += tl.sum(xi, axis=1)
+        wt = tl.load((w_out + r * ws_h + s * ws_w)[None, :] + c[:, None] * ws_c,
+                     mask=cmask[:, None] & omask[None, :], other=0)
+        wsum += tl.sum(wt.to(tl.int32), axis=0)
+        acc += tl.dot((xi - 128).to(tl.int8), wt, out_dtype=tl.int32)
     acc += 128 * wsum[None, :]
     # int64: z_w * box may exceed int32 where acc does not (the reference sums in int64 too).
     z = tl.load(zero_ptr + o, mask=omask, other=0).to(tl.int64)
@@ -154,15 +156,14 @@ def _int_conv2d_gemm_kernel(
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _int_conv2d_direct_kernel(
     x_ptr, w_ptr, zero_ptr, mult_ptr, bias_ptr, res_ptr, out_ptr,
-    n_pixels, height, width, out_h, out_w, out_channels, cout_g,
+    n_pixels, height, width, out_h, out_w, out_channels, cout_g, kernel_h, kernel_w,
     xs_n, xs_c, xs_h, xs_w, ws_o, ws_h, ws_w,
     rs_n, rs_c, rs_h, rs_w, os_n, os_c, os_h, os_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     residual_scale, out_scale, out_zero, half,
-    KH: tl.constexpr, KW: tl.constexpr,
     RESIDUAL: tl.constexpr, RELU: tl.constexpr, REQUANT: tl.constexpr, WIDE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -177,17 +178,17 @@ def _int_conv2d_direct_kernel(
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.int32)
     box = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.int32)
     x_pix = x_ptr + n_idx * xs_n
-    for r in tl.static_range(KH):
+    for tap in range(0, kernel_h * kernel_w):
+        r = tap // kernel_w
+        s = tap - r * kernel_w
         ih = oh * stride_h - pad_h + r * dil_h
-        row_ok = pmask & (ih >= 0) & (ih < height)
-        for s in tl.static_range(KW):
-            iw = ow * stride_w - pad_w + s * dil_w
-            ok = row_ok & (iw >= 0) & (iw < width)
-            xm = tl.load((x_pix + ih * xs_h + iw * xs_w)[:, None] + (cin * xs_c)[None, :],
-                         mask=ok[:, None] & omask[None, :], other=0).to(tl.int32)
-            wt = tl.load(w_ptr + o * ws_o + r * ws_h + s * ws_w, mask=omask, other=0).to(tl.int32)
-            acc += xm * wt[None, :]
-            box += xm
+        iw = ow * stride_w - pad_w + s * dil_w
+        ok = pmask & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+        xm = tl.load((x_pix + ih * xs_h + iw * xs_w)[:, None] + (cin * xs_c)[None, :],
+                     mask=ok[:, None] & omask[None, :], other=0).to(tl.int32)
+        wt = tl.load(w_ptr + o * ws_o + r * ws_h + s * ws_w, mask=omask, other=0).to(tl.int32)
+        acc += xm * wt[None, :]
+        box += xm
     z = tl.load(zero_ptr + o, mask=omask, other=0).to(tl.int64)
     total = acc.to(tl.int64) + z[None, :] * box.to(tl.int64)
     _epilogue_store(
@@ -259,13 +260,13 @@ def int_conv2d(
         sh, sw, ph, pw, dh, dw,
         float(residual_scale), float(out_scale), float(out_zero), float(2 ** (out_bits - 1)) if out_bits else 1.0,
     )
-    flags = dict(KH=kh, KW=kw, RESIDUAL=res_kind, RELU=bool(relu), REQUANT=out_bits > 0, WIDE=wide)
+    flags = dict(RESIDUAL=res_kind, RELU=bool(relu), REQUANT=out_bits > 0, WIDE=wide)
     if cg == 1:
         block_c = min(next_pow2(o), DW_MAX_BLOCK_C)
         grid = (triton.cdiv(n_pixels, DW_BLOCK_P), triton.cdiv(o, block_c))
         _int_conv2d_direct_kernel[grid](
             x, weight, weight_zero, out_mult, out_bias, res, out,
-            n_pixels, h, w, ho, wo, o, cout_g,
+            n_pixels, h, w, ho, wo, o, cout_g, kh, kw,
             x.stride(0), x.stride(1), x.stride(2), x.stride(3),
             weight.stride(0), weight.stride(2), weight.stride(3),
             *common, **flags, BLOCK_P=DW_BLOCK_P, BLOCK_C=block_c, num_warps=4, enable_fp_fusion=False,
@@ -280,7 +281,7 @@ def int_conv2d(
     grid = (triton.cdiv(n_pixels, t["BLOCK_M"]), n_blocks_n * groups)
     _int_conv2d_gemm_kernel[grid](
         x, weight, weight_zero, out_mult, out_bias, res, out,
-        n_pixels, h, w, ho, wo, cg, cout_g, n_blocks_n,
+        n_pixels, h, w, ho, wo, cg, cout_g, n_blocks_n, triton.cdiv(cg, block_k), kh, kw,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3),
         *common, **flags, BLOCK_M=t["BLOCK_M"], BLOCK_N=block_n, BLOCK_K=block_k,

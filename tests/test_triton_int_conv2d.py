@@ -190,3 +190,54 @@ def test_launcher_errors():
     bad[9] = torch.zeros(1, 4, 5, 5, device=DEVICE)
     with pytest.raises(ValueError, match="residual"):
         mod.int_conv2d(*bad)
+
+
+_GPU_COMPILE_SCRIPT = r'''
+import importlib, re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+m = importlib.import_module("adadfq_fast.kernels.int_conv2d")
+assert not m._INTERPRET
+PTRS = {"x_ptr": "*u8", "w_ptr": "*i8", "zero_ptr": "*i32", "mult_ptr": "*fp32", "bias_ptr": "*fp32"}
+CONSTS = {"RESIDUAL", "RELU", "REQUANT", "WIDE", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_P", "BLOCK_C"}
+def build(kernel, res_ty, out_ty, consts, opts):
+    names = kernel.arg_names
+    sig = {}
+    for n in names:
+        if n in PTRS: sig[n] = PTRS[n]
+        elif n == "res_ptr": sig[n] = res_ty
+        elif n == "out_ptr": sig[n] = out_ty
+        elif n in ("residual_scale", "out_scale", "out_zero", "half"): sig[n] = "fp32"
+        elif n in CONSTS: sig[n] = "constexpr"
+        else: sig[n] = "i32"
+    src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(a),): v for a, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(enable_fp_fusion=False, **opts))
+t = m.GPU_TILES
+gemm = build(m._int_conv2d_gemm_kernel, "*u8", "*u8",
+             dict(RESIDUAL=2, RELU=True, REQUANT=True, WIDE=False, BLOCK_M=t["BLOCK_M"], BLOCK_N=t["MAX_BLOCK_N"],
+                  BLOCK_K=t["MAX_BLOCK_K"]), dict(num_warps=t["num_warps"], num_stages=t["num_stages"]))
+ptx = gemm.asm["ptx"]
+assert re.search(r"wgmma\.mma_async\S*\.s32\.s8\.s8", ptx), "no int8 wgmma in the GEMM kernel"
+assert "fma.rn.f32" not in ptx, "a multiply-add was contracted (the epilogue must round each step)"
+assert "div.rn.f32" in ptx
+direct = build(m._int_conv2d_direct_kernel, "*fp32", "*fp32",
+               dict(RESIDUAL=1, RELU=False, REQUANT=False, WIDE=True, BLOCK_P=m.DW_BLOCK_P,
+                    BLOCK_C=m.DW_MAX_BLOCK_C), dict(num_warps=4))
+assert "fma.rn.f32" not in direct.asm["ptx"]
+print("ok")
+'''
+
+
+@pytest.mark.slow
+def test_gpu_compile_sm90():
+    """Without a GPU: the GPU-sized kernels compile for sm_90 (int8 wgmma, no contracted FMA in the epilogue)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _GPU_COMPILE_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=600)
+    if proc.returncode != 0 and ("ptxas" in proc.stderr and "not found" in proc.stderr.lower()):
+        pytest.skip("Triton's NVIDIA backend (ptxas) is unavailable")
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-4000:]
