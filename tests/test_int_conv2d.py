@@ -138,6 +138,7 @@ CASES = [
     (2, 6, 9, 9, 10, 3, 1, 2, 2, 2),     # 3 channels per group (not a multiple of 4), dilation 2
     (1, 5, 7, 8, 7, 2, 1, 0, 1, 1),      # odd channels, even kernel, no padding
     (3, 64, 6, 6, 80, 3, 1, 1, 1, 1),    # wide: several output-channel blocks and a tail
+    (2, 64, 7, 7, 64, 3, 1, 1, 1, 1),    # 7x7 map: tiles of pixels across rows
 ]
 
 

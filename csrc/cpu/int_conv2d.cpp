@@ -217,6 +217,7 @@ struct Epilogue {
   bool relu;
   int out_bits;
   float out_scale, out_zero, qmin, qmax;
+  int32_t out_zero_int;
   float* out_f;
   uint8_t* out_u8;
 };
@@ -251,17 +252,19 @@ inline void epilogue_vec(const Epilogue& ep, __m512i total, int64_t e, int64_t o
     const __m512 r = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, ep.res_u8 + e)));
     y = _mm512_add_ps(y, _mm512_div_ps(r, _mm512_set1_ps(ep.res_scale)));
   }
-  // max(0, y) returns its second operand for NaN and for +-0 pairs: NaN and -0.0 pass, as in torch.relu.
-  if (ep.relu) y = _mm512_max_ps(_mm512_setzero_ps(), y);
   if (ep.out_bits == 0) {
+    // max(0, y) returns its second operand for NaN and for +-0 pairs: NaN and -0.0 pass, as in torch.relu.
+    if (ep.relu) y = _mm512_max_ps(_mm512_setzero_ps(), y);
     _mm512_mask_storeu_ps(ep.out_f + e, mask, y);
     return;
   }
-  const __m512 zero = _mm512_set1_ps(ep.out_zero);
-  __m512 v = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(ep.out_scale), y), zero);
+  // Requant. ReLU needs no instruction here: out_zero >= 2^(k-1) (checked), so for y < 0, out_scale*y - out_zero
+  // <= -out_zero <= qmin, which the clamp maps to qmin exactly as it maps relu(y) = 0. The clamped value is an
+  // in-range float, so rounding it with the conversion (round half to even, the default mode) and adding the
+  // zero point as an integer gives the reference's round(.) + zero point.
+  __m512 v = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(ep.out_scale), y), _mm512_set1_ps(ep.out_zero));
   v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(ep.qmin)), _mm512_set1_ps(ep.qmax));
-  v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512i codes = _mm512_cvtps_epi32(_mm512_add_ps(v, zero));
+  const __m512i codes = _mm512_add_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(ep.out_zero_int));
   _mm_mask_storeu_epi8(ep.out_u8 + e, mask, _mm512_cvtusepi32_epi8(codes));
 }
 
@@ -271,8 +274,10 @@ inline void epilogue_vec(const Epilogue& ep, __m512i total, int64_t e, int64_t o
 struct Tile {
   const uint8_t* x;        // padded input at the window origin of the first pixel, group's channels
   int64_t pix_stride;      // bytes between the windows of consecutive output pixels (stride_w * Cp)
-  const int64_t* tap_off;  // [T] byte offsets of the taps from the window origin
-  int64_t T, C4;           // taps, 4-channel steps per tap
+  const int64_t* pix_off;  // [P] byte offsets of the pixels' windows from x (tiles spanning rows only)
+  const int64_t* out_off;  // [P] element offsets of the pixels' outputs from e0 (tiles spanning rows only)
+  const int64_t* tap_off;  // [T] byte offsets of the contiguous runs of the window from its origin
+  int64_t T, C4;           // runs, 4-channel steps per run
   const int8_t* w;         // packed weights of the block
   int64_t e0;              // NHWC element index of (pixel 0, first channel of the block)
   int64_t o0;              // first output channel of the block
@@ -281,7 +286,9 @@ struct Tile {
   const int32_t* box;      // [P] box sums (when has_box)
 };
 
-template <int NB, int P>
+// kUniform: the P pixels are consecutive in one output row (windows pix_stride bytes apart); else they may span
+// rows (small images), at the offsets in pix_off / out_off.
+template <int NB, int P, bool kUniform>
 void vnni_tile(const Tile& t, const Epilogue& ep) {
   __m512i acc[P][NB];
 #pragma GCC unroll 32
@@ -292,6 +299,7 @@ void vnni_tile(const Tile& t, const Epilogue& ep) {
   const int64_t ps = t.pix_stride;
   for (int64_t tap = 0; tap < t.T; ++tap) {
     const uint8_t* xt = t.x + t.tap_off[tap];
+#pragma GCC unroll 2
     for (int64_t c4 = 0; c4 < t.C4; ++c4, w += NB * 64, xt += 4) {
       __m512i wv[NB];
 #pragma GCC unroll 4
@@ -299,7 +307,7 @@ void vnni_tile(const Tile& t, const Epilogue& ep) {
 #pragma GCC unroll 32
       for (int p = 0; p < P; ++p) {
         int32_t four;
-        std::memcpy(&four, xt + p * ps, 4);
+        std::memcpy(&four, xt + (kUniform ? p * ps : t.pix_off[p]), 4);
         const __m512i xv = _mm512_set1_epi32(four);
 #pragma GCC unroll 4
         for (int nb = 0; nb < NB; ++nb) acc[p][nb] = _mm512_dpbusd_epi32(acc[p][nb], xv, wv[nb]);
@@ -316,7 +324,7 @@ void vnni_tile(const Tile& t, const Epilogue& ep) {
       const int64_t o = t.o0 + nb * 16;
       __m512i total = acc[p][nb];
       if (ep.has_box) total = _mm512_add_epi32(total, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(mask, ep.zeff + o), boxv));
-      epilogue_vec(ep, total, t.e0 + p * t.O + nb * 16, o, mask);
+      epilogue_vec(ep, total, t.e0 + (kUniform ? p * t.O : t.out_off[p]) + nb * 16, o, mask);
     }
   }
 }
@@ -327,80 +335,112 @@ constexpr int kMaxP[5] = {0, 16, 12, 8, 6};
 
 using TileFn = void (*)(const Tile&, const Epilogue&);
 
-template <int NB, int... Ps>
+template <int NB, bool kUniform, int... Ps>
 constexpr std::array<TileFn, sizeof...(Ps)> tile_table(std::integer_sequence<int, Ps...>) {
-  return {&vnni_tile<NB, Ps + 1>...};
+  return {&vnni_tile<NB, Ps + 1, kUniform>...};
 }
 
-const TileFn* tile_fns(int nb) {
-  static const auto t1 = tile_table<1>(std::make_integer_sequence<int, kMaxP[1]>{});
-  static const auto t2 = tile_table<2>(std::make_integer_sequence<int, kMaxP[2]>{});
-  static const auto t3 = tile_table<3>(std::make_integer_sequence<int, kMaxP[3]>{});
-  static const auto t4 = tile_table<4>(std::make_integer_sequence<int, kMaxP[4]>{});
+// Tiles spanning rows are used only where a row is shorter than a full tile, and not for NB = 1 (16 pixel
+// offsets would not stay in registers; its tiles are long enough for the CIFAR rows).
+const TileFn* tile_fns(int nb, bool uniform) {
+  static const auto t1 = tile_table<1, true>(std::make_integer_sequence<int, kMaxP[1]>{});
+  static const auto t2 = tile_table<2, true>(std::make_integer_sequence<int, kMaxP[2]>{});
+  static const auto t3 = tile_table<3, true>(std::make_integer_sequence<int, kMaxP[3]>{});
+  static const auto t4 = tile_table<4, true>(std::make_integer_sequence<int, kMaxP[4]>{});
+  static const auto f2 = tile_table<2, false>(std::make_integer_sequence<int, kMaxP[2]>{});
+  static const auto f3 = tile_table<3, false>(std::make_integer_sequence<int, kMaxP[3]>{});
+  static const auto f4 = tile_table<4, false>(std::make_integer_sequence<int, kMaxP[4]>{});
   switch (nb) {
     case 1: return t1.data();
-    case 2: return t2.data();
-    case 3: return t3.data();
-    default: return t4.data();
+    case 2: return uniform ? t2.data() : f2.data();
+    case 3: return uniform ? t3.data() : f3.data();
+    default: return uniform ? t4.data() : f4.data();
   }
 }
 
 void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const int32_t* S, const Epilogue& ep) {
-  std::vector<int64_t> tap_off(g.T), tap_pix(g.T);
-  for (int64_t t = 0; t < g.T; ++t) {
-    tap_pix[t] = (t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw;
-    tap_off[t] = tap_pix[t] * g.Cp;
-  }
+  std::vector<int64_t> tap_pix(g.T);
+  for (int64_t t = 0; t < g.T; ++t) tap_pix[t] = (t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw;
+  // The reduction walks the window in runs of contiguous bytes: one per kernel row when the taps of a row are
+  // adjacent pixels and a pixel holds only this group's channels (dilation 1, one group), else one per tap.
+  const bool row_runs = g.dw == 1 && g.Cp == g.Cg4;
+  const int64_t runs = row_runs ? g.kh : g.T, run_c4 = (row_runs ? g.kw : 1) * g.Cg4 / 4;
+  std::vector<int64_t> tap_off(runs);
+  for (int64_t r = 0; r < runs; ++r) tap_off[r] = tap_pix[row_runs ? r * g.kw : r] * g.Cp;
   const int NB = pk.NB, maxP = kMaxP[NB];
-  const TileFn* fns = tile_fns(NB);
+  // Where rows split into short tiles (7x7, 8x8, 14x14 maps), tiles of consecutive pixels across rows instead,
+  // so that every weight vector loaded still feeds ~maxP pixels.
+  const int64_t npix = g.Ho * g.Wo;
+  const int64_t ntiles = (g.Wo + maxP - 1) / maxP;
+  const double row_tile = static_cast<double>(g.Wo) / ntiles;
+  const double flat_tile = static_cast<double>(npix) / ((npix + maxP - 1) / maxP);
+  const bool flat = NB >= 2 && flat_tile >= row_tile + 0.5;
+  const TileFn* fns = tile_fns(NB, !flat);
   const int64_t block = pk.K4 * NB * 64;
   const int64_t nob = pk.nob;
-  const int64_t rows = g.N * g.Ho;
-  const int64_t items = rows * g.G * nob;
+  // A chunk is one output row (row tiles) or one tile of an image (tiles across rows).
+  const int64_t per_image = flat ? (npix + maxP - 1) / maxP : g.Ho;
+  const int64_t chunks = g.N * per_image;
+  const int64_t items = chunks * g.G * nob;
   // Weight-major order when the packed weights overflow the L2 cache: each thread then keeps one block's weights
   // hot across many rows; otherwise row-major, so an input row stays hot across the blocks.
   const bool weight_major = pk.vnni_w.numel() > (256 << 10);
-  const int64_t ntiles = (g.Wo + maxP - 1) / maxP;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> box(maxP);
+    int32_t box[16];
+    int64_t pix_off[16], out_off[16], in_pix[16];
     for (int64_t it = begin; it < end; ++it) {
-      int64_t row, gb;
+      int64_t chunk, gb;
       if (weight_major) {
-        gb = it / rows;
-        row = it % rows;
+        gb = it / chunks;
+        chunk = it % chunks;
       } else {
-        row = it / (g.G * nob);
+        chunk = it / (g.G * nob);
         gb = it % (g.G * nob);
       }
-      const int64_t gr = gb / nob, ob = gb % nob, n = row / g.Ho, oh = row % g.Ho;
+      const int64_t gr = gb / nob, ob = gb % nob, n = chunk / per_image, c = chunk % per_image;
       Tile t;
       t.pix_stride = g.sw * g.Cp;
+      t.pix_off = pix_off;
+      t.out_off = out_off;
       t.tap_off = tap_off.data();
-      t.T = g.T;
-      t.C4 = g.Cg4 / 4;
+      t.T = runs;
+      t.C4 = run_c4;
       t.w = pk.vnni_w.const_data_ptr<int8_t>() + gb * block;
       t.o0 = gr * g.Og + ob * NB * 16;
       t.O = g.O;
       t.valid = static_cast<int>(std::min<int64_t>(NB * 16, g.Og - ob * NB * 16));
-      t.box = box.data();
-      const int64_t in_row = (n * g.Hp + oh * g.sh) * g.Wp;
-      // Split the row into ntiles near-equal tiles (no overlap, no tiny tail).
-      int64_t ow0 = 0;
-      for (int64_t k = 0; k < ntiles; ++k) {
-        const int P = static_cast<int>(g.Wo / ntiles + (k < g.Wo % ntiles ? 1 : 0));
-        const int64_t pix0 = in_row + ow0 * g.sw;
-        t.x = xp + pix0 * g.Cp + gr * g.Cg4;
-        t.e0 = ((n * g.Ho + oh) * g.Wo + ow0) * g.O + t.o0;
+      t.box = box;
+      // Output pixels [q0, q0 + P) of image n (flattened oh * Wo + ow), cut into near-equal tiles.
+      auto run_tile = [&](int64_t q0, int P) {
+        int64_t oh = q0 / g.Wo, ow = q0 % g.Wo;
+        for (int p = 0; p < P; ++p) {  // walk the pixels without divisions (this runs per tile)
+          in_pix[p] = (n * g.Hp + oh * g.sh) * g.Wp + ow * g.sw;
+          pix_off[p] = (in_pix[p] - in_pix[0]) * g.Cp;
+          out_off[p] = p * g.O;
+          if (++ow == g.Wo) ow = 0, ++oh;
+        }
+        t.x = xp + in_pix[0] * g.Cp + gr * g.Cg4;
+        t.e0 = (n * npix + q0) * g.O + t.o0;
         if (ep.has_box) {
           for (int p = 0; p < P; ++p) {
-            const int32_t* s = S + (pix0 + p * g.sw) * g.G + gr;
+            const int32_t* s = S + in_pix[p] * g.G + gr;
             int32_t b = 0;
             for (int64_t tp = 0; tp < g.T; ++tp) b += s[tap_pix[tp] * g.G];
             box[p] = b;
           }
         }
         fns[P - 1](t, ep);
-        ow0 += P;
+      };
+      if (flat) {
+        const int64_t base = npix / per_image, extra = npix % per_image;
+        run_tile(c * base + std::min(c, extra), static_cast<int>(base + (c < extra ? 1 : 0)));
+      } else {
+        int64_t ow0 = 0;
+        for (int64_t k = 0; k < ntiles; ++k) {
+          const int P = static_cast<int>(g.Wo / ntiles + (k < g.Wo % ntiles ? 1 : 0));
+          run_tile(c * g.Wo + ow0, P);
+          ow0 += P;
+        }
       }
     }
   });
@@ -455,9 +495,18 @@ void pad_input(const at::Tensor& x, const Geometry& g, uint8_t* xp) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.Hp, hp = r % g.Hp, ih = hp - g.ph;
       uint8_t* dst = xp + r * row_bytes;
-      std::memset(dst, 0, row_bytes);
-      if (ih < 0 || ih >= g.H) continue;
+      if (ih < 0 || ih >= g.H) {
+        std::memset(dst, 0, row_bytes);
+        continue;
+      }
       const uint8_t* s = src + n * sn + ih * sh;
+      if (sc == 1 && sw == g.C && g.Cp == g.C) {  // channels_last, aligned groups: the row is one run of bytes
+        std::memset(dst, 0, g.pw * g.Cp);
+        std::memcpy(dst + g.pw * g.Cp, s, g.W * g.C);
+        std::memset(dst + (g.pw + g.W) * g.Cp, 0, g.pw * g.Cp);
+        continue;
+      }
+      std::memset(dst, 0, row_bytes);
       if (sc <= sw) {  // channels innermost in memory (channels_last): copy runs of channels
         for (int64_t iw = 0; iw < g.W; ++iw) {
           uint8_t* d = dst + (iw + g.pw) * g.Cp;
@@ -576,6 +625,9 @@ at::Tensor int_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::T
     ep.qmin = -static_cast<float>(1 << (out_bits - 1));
     ep.qmax = static_cast<float>((1 << (out_bits - 1)) - 1);
     ep.out_u8 = out.data_ptr<uint8_t>();
+    ep.out_zero_int = static_cast<int32_t>(out_zero);
+    TORCH_CHECK(out_zero == std::floor(out_zero) && out_zero + ep.qmin >= 0 && out_zero + ep.qmax <= 255,
+                "out_zero: expected an integer zero point whose codes lie in [0, 255], got ", out_zero);
   } else {
     ep.out_f = out.data_ptr<float>();
   }
