@@ -132,7 +132,7 @@ class _Exporter:
 
     # -- layers ---------------------------------------------------------------------------------------------
     def conv(self, conv: nn.Module, bn: Optional[nn.Module], act: Optional[QuantReLU], x: _Value,
-             res: Optional[_Value], path: str) -> _Value:
+             res: Optional[_Value], path: str, act_path: str = "") -> _Value:
         """One fused conv layer (+ an ``act`` fallback layer when its codes cannot be uint8)."""
         if type(conv) is not QuantConv2d:
             raise UnsupportedModuleError(f"{path}: {type(conv).__name__} is not a QuantConv2d (quantize the model "
@@ -182,7 +182,8 @@ class _Exporter:
         out = _Value(self._reg(), "float", o, hw)
         cfg["out"] = out.reg
         if act is not None:
-            kind = self._act_kind(act, path + ".activ")
+            act_path = act_path or path + ".activ"
+            kind = self._act_kind(act, act_path)
             bits, s, zp = _act_params(self._site(act))
             half = 2 ** (bits - 1)
             # Codes m = q + zp must lie in [0, 255]: after a ReLU q >= -zp (the code of 0), and q <= half - 1.
@@ -194,7 +195,7 @@ class _Exporter:
                 cfg.update(relu=True, out_bits=bits, out_scale=s, out_zero=zp)
                 out = _Value(out.reg, "codes", o, hw, scale=s, bits=bits)
             else:
-                act_layer = Layer("act", {"name": path + ".activ", "inp": out.reg, "act": kind, "bits": bits,
+                act_layer = Layer("act", {"name": act_path, "inp": out.reg, "act": kind, "bits": bits,
                                           "scale": s, "zero": zp})
         self.layers.append(Layer("conv", cfg, tensors))
         if act_layer is not None:
@@ -204,7 +205,10 @@ class _Exporter:
         return out
 
     def conv_block(self, block: nn.Module, x: _Value, path: str, res: Optional[_Value] = None,
-                   act: Optional[QuantReLU] = None) -> _Value:
+                   act: Optional[QuantReLU] = None, act_path: str = "") -> _Value:
+        if type(block).__name__ not in _CONV_BLOCKS:
+            raise UnsupportedModuleError(f"{path}: {type(block).__name__} is not a conv block (conv + BN + "
+                                         "optional ReLU: ConvBN / pytorchcv ConvBlock)")
         if getattr(block, "use_pad", False):
             raise UnsupportedModuleError(f"{path}: asymmetric padding (ZeroPad2d) is not supported")
         bn = block.bn if getattr(block, "normalize", True) and hasattr(block, "bn") else None
@@ -215,7 +219,8 @@ class _Exporter:
         if own_act is not None and act is not None:
             raise UnsupportedModuleError(f"{path}: a residual added after this block's own activation is not "
                                          "supported")
-        return self.conv(block.conv, bn, own_act or act, x, res, path + ".conv")
+        return self.conv(block.conv, bn, own_act or act, x, res, path + ".conv",
+                         act_path if own_act is None else path + ".activ")
 
     def res_unit(self, unit: nn.Module, x: _Value, path: str) -> _Value:
         body = unit.body
@@ -229,7 +234,8 @@ class _Exporter:
         for name, block in blocks[:-1]:
             h = self.conv_block(block, h, f"{path}.body.{name}")
         name, last = blocks[-1]
-        return self.conv_block(last, h, f"{path}.body.{name}", res=identity, act=unit.activ)
+        return self.conv_block(last, h, f"{path}.body.{name}", res=identity, act=unit.activ,
+                               act_path=path + ".activ")
 
     def linear_bottleneck(self, unit: nn.Module, x: _Value, path: str) -> _Value:
         h = x

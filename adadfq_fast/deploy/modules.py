@@ -150,14 +150,33 @@ class _FloatConv:
 
 
 class _MaxPool:
+    """Max pooling. On uint8 codes it is exact (dequantization is monotone). torch's channels_last uint8 max pool
+    refuses large maps, so codes use a max over the k*k strided window slices of the zero-padded map (zero padding
+    is harmless: codes are >= 0 and every window holds at least one real element, as padding <= k/2)."""
+
     def __init__(self, layer: Layer):
         cfg = layer.cfg
         self.inp, self.out = cfg["inp"], cfg["out"]
         self.args = (tuple(cfg["kernel_size"]), tuple(cfg["stride"]), tuple(cfg["padding"]),
                      tuple(cfg["dilation"]), bool(cfg["ceil_mode"]))
+        self.sliced = tuple(cfg["dilation"]) == (1, 1) and not cfg["ceil_mode"]
+
+    def _codes(self, x: Tensor) -> Tensor:
+        (kh, kw), (sh, sw), (ph, pw) = self.args[:3]
+        n, c, h, w = x.shape
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+        out = None
+        for i in range(kh):
+            for j in range(kw):
+                part = xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+                out = part.clone(memory_format=torch.channels_last) if out is None else \
+                    torch.maximum(out, part, out=out)
+        return out
 
     def __call__(self, regs, kernel) -> None:
-        regs[self.out] = F.max_pool2d(regs[self.inp], *self.args)
+        x = regs[self.inp]
+        regs[self.out] = self._codes(x) if x.dtype == torch.uint8 and self.sliced else F.max_pool2d(x, *self.args)
 
 
 class _Act:
