@@ -228,6 +228,17 @@ def test_weights_reused_after_in_place_change(int_backend):
     assert torch.equal(_call(x, q, z, 1, 1), _ref(x, q, z, 1, 1))
 
 
+def test_inference_mode_weights(int_backend):
+    """Inference tensors have no version counter: an in-place change inside inference mode must still be seen."""
+    with torch.inference_mode():
+        x = _codes((1, 16, 6, 6), 4)
+        q, z = _weights(32, 16, 3, 3, 4)
+        assert torch.equal(_call(x, q, z, 1, 1), _ref(x, q, z, 1, 1))
+        q[3, 2, 1, 1] = 7 if q[3, 2, 1, 1] != 7 else -8
+        z[5] += 1
+        assert torch.equal(_call(x, q, z, 1, 1), _ref(x, q, z, 1, 1))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Errors, custom op
 # ------------------------------------------------------------------------------------------------------------
