@@ -43,6 +43,7 @@ _CHOICES = {
     "ste": ("identity", "clipped"),
     "act_range_update": ("faithful", "standard"),
     "backend": ("auto", "reference", "cpp", "triton", "cuda"),
+    "capture": ("none", "cuda_graph"),
 }
 
 
@@ -76,6 +77,7 @@ class AdaDFQConfig:
     batch_size: int = _f(16, "generated images per iteration (batchSize)")
     warmup_epochs: int = _f(4, "epochs during which Q is not stepped (G still trains)")
     schedule: str = _f("faithful", "faithful: the official iteration order; fast: the engine's fused schedule")
+    capture: str = _f("none", "cuda_graph: record the fast schedule's steady-state iteration once and replay it (GPU)")
     seed: int = _f(1, "RNG seed (the original uses manualSeed = --id + 1, so 1 for run 0)")
     # ---- Q optimiser (the original's "S") -----------------------------------------------------------------
     q_optimizer: str = _f("sgd", "optimiser of Q (opt_type)")

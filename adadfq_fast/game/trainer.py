@@ -146,6 +146,11 @@ class Trainer:
         self.step = GameStep(self.P, self.G, self.Q, self.opt_g, self.opt_q, cfg.num_classes, cfg.latent_dim,
                              cfg.batch_size, weights, schedule=cfg.schedule, method=method,
                              autocast_dtype=autocast_dtype, **hooks)
+        self.run_step = self.step
+        if getattr(cfg, "capture", "none") == "cuda_graph":
+            from .cuda_graph import CudaGraphStep
+
+            self.run_step = CudaGraphStep(self.step)
         self.backend = _schedule_backend(cfg)
         self.evaluate_fn = evaluate_fn
         self.run_dir = run_dir if self.is_main else None  # only rank 0 writes
@@ -179,7 +184,7 @@ class Trainer:
         start = time.perf_counter()
         with adadfq_fast.use_backend(self.backend):
             for i in bar:
-                metrics = self.step(step_q=step_q, ranges_frozen=frozen)
+                metrics = self.run_step(step_q=step_q, ranges_frozen=frozen)
                 h = metrics.pop("h_norm", None)
                 if h is not None:
                     h_all.append(h.detach())
