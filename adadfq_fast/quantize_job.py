@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N test images only")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="evaluate Q every N epochs (always after the warm-up and the last epoch)")
     p.add_argument("--out", default=os.path.join("runs", "quantize"), help="output folder")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -93,6 +95,7 @@ def _config(args, info: dict, method: str, out_dir: str):
         # The spec's lr steps fall at epochs 100/200/300 of 400; the short budget keeps one constant lr.
         q_lr_milestones=(), g_lr_milestones=(),
         generator="imagenet" if size >= 64 else "cifar", output_dir=out_dir, checkpoint_every=0,
+        eval_every=args.eval_every,
         device=args.device,
     )
 

@@ -61,8 +61,8 @@ def main(argv=None) -> int:
     from adadfq_fast import quantize_job
 
     summaries: dict = {}
-    for bits in args.bits:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seeds outer: a partial table still covers every bit width
+        for bits in args.bits:
             out = os.path.join(args.work, f"w{bits}a{bits}_s{seed}")
             path = os.path.join(out, "summary.json")
             if not os.path.isfile(path):
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
                     continue
                 start = time.perf_counter()
                 quantize_job.main(["--bits", str(bits), "--seed", str(seed), "--out", out, "--no-plots",
-                                   *quantize_args])
+                                   "--eval-every", "1000", *quantize_args])
                 print(f"[fmnist_table] W{bits}A{bits} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
             with open(path) as f:
                 summaries.setdefault(bits, []).append(json.load(f))

@@ -193,7 +193,8 @@ class AdaDFQConfig:
         """Whether the run evaluates Q after ``epoch`` (0-based)."""
         if not self.eval_during_warmup and epoch < self.warmup_epochs - 1:
             return False
-        return (epoch + 1) % self.eval_every == 0 or epoch == self.epochs - 1
+        # Also the last warm-up epoch: Q then has P's weights and calibrated ranges (the "calibration only" number).
+        return (epoch + 1) % self.eval_every == 0 or epoch == self.epochs - 1 or epoch == self.warmup_epochs - 1
 
 
 # ---- types, parsing, serialisation -------------------------------------------------------------------------
