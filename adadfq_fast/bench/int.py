@@ -1,0 +1,255 @@
+"""``adadfq-fast bench int``: the exported integer model against float32 eager and torch.ao int8, on CPU.
+
+Per model (ResNet-20 at Fashion-MNIST 1x28x28 and CIFAR 3x32x32 shapes, pytorchcv ResNet-18 at 3x224x224):
+
+* ``integer``: ``adadfq_fast.deploy.export`` of the W4A4 Q (VNNI int_conv2d kernels; the speed does not depend
+  on the bit width: every k <= 8 runs the same int8 x uint8 kernels);
+* ``fp32``: the full-precision model in eager mode, NCHW and channels_last; the faster one is the baseline;
+* ``ao_int8``: torch.ao eager-mode post-training static quantization, x86 backend (QuantStub/DeQuantStub, conv+bn
+  (+relu) fused, residual adds as FloatFunctional.add_relu, per-channel weights, calibrated on random images).
+
+Batch-1 latency (median ms) and batch-B throughput (images/s; B = 256 for ResNet-20, 16 for ResNet-18 by
+default: a batch of 256 224-px images takes minutes on 2 cores), interleaved rounds so machine noise hits all
+variants alike, plus a per-layer profile of the integer model. Writes JSON and Markdown (``--json``, ``--md``).
+Weights are random (BN statistics and activation ranges calibrated on random images): speed does not depend on
+them; the shipped Fashion-MNIST teacher is used for ResNet-20/Fashion-MNIST when present.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import time
+import types
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .timer import time_variants
+
+MODELS = {
+    # name: (zoo name, in_channels, in_size, num_classes, throughput batch)
+    "resnet20_fmnist": ("resnet20", 1, (28, 28), 10, 256),
+    "resnet20_cifar": ("resnet20", 3, (32, 32), 10, 256),
+    "resnet18_imagenet": ("resnet18", 3, (224, 224), 1000, 16),
+}
+WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights", "resnet20_fashion_mnist.pt")
+
+
+def _build_fp(name: str) -> nn.Module:
+    from adadfq_fast.models import build_model
+
+    zoo, cin, size, classes, _ = MODELS[name]
+    if name == "resnet20_fmnist" and os.path.isfile(WEIGHTS):
+        return build_model(zoo, num_classes=classes, in_channels=cin, in_size=size, checkpoint=WEIGHTS)
+    fp = build_model(zoo, num_classes=classes, in_channels=cin, in_size=size)
+    # Realistic statistics: BN running statistics measured on random images.
+    for m in fp.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+    fp.train()
+    with torch.no_grad():
+        fp(torch.randn(8 if size[0] > 64 else 64, cin, *size))
+    return fp.eval()
+
+
+def _build_integer(fp: nn.Module, name: str, bits: int = 4):
+    from adadfq_fast.deploy import export
+    from adadfq_fast.nn import freeze_act_ranges, quantize_model
+
+    _, cin, size, _, _ = MODELS[name]
+    q = quantize_model(fp, bits, bits, example_input=torch.zeros(1, cin, *size)).eval()
+    with torch.no_grad():
+        q(torch.randn(8 if size[0] > 64 else 64, cin, *size))
+    freeze_act_ranges(q)
+    return export(q).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch.ao eager-mode static quantization
+# ---------------------------------------------------------------------------------------------------------------
+def _ao_res_unit_forward(self, x):
+    y = self.body(x)
+    identity = self.identity_conv(x) if self.resize_identity else x
+    return self.skip_add.add_relu(y, identity)  # add + ReLU on quantized tensors (a plain `+` fails)
+
+
+class _AoWrapper(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        from torch.ao.quantization import DeQuantStub, QuantStub
+
+        self.quant, self.model, self.dequant = QuantStub(), model, DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.model(self.quant(x)))
+
+
+def build_ao_int8(fp: nn.Module, example: torch.Tensor, calib_batches: int = 2) -> nn.Module:
+    """torch.ao eager-mode PTQ of our CIFAR ResNets / pytorchcv ResNets (x86 backend, per-channel weights)."""
+    from torch.ao.nn.quantized import FloatFunctional
+    from torch.ao.quantization import convert, fuse_modules, get_default_qconfig, prepare
+
+    torch.backends.quantized.engine = "x86"
+    m = copy.deepcopy(fp).eval()
+    for mod in m.modules():
+        name = type(mod).__name__
+        if name == "ResUnit":
+            mod.skip_add = FloatFunctional()
+            mod.activ = nn.Identity()
+            mod.forward = types.MethodType(_ao_res_unit_forward, mod)
+        elif name in ("ConvBN", "ConvBlock") and isinstance(getattr(mod, "bn", None), nn.BatchNorm2d):
+            act = getattr(mod, "activ", None)
+            if isinstance(act, nn.ReLU) and getattr(mod, "activate", True):
+                fuse_modules(mod, [["conv", "bn", "activ"]], inplace=True)
+            else:
+                fuse_modules(mod, [["conv", "bn"]], inplace=True)
+    w = _AoWrapper(m).eval()
+    w.qconfig = get_default_qconfig("x86")
+    prepare(w, inplace=True)
+    with torch.no_grad():
+        for _ in range(calib_batches):
+            w(torch.randn_like(example))
+    convert(w, inplace=True)
+    return w.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Integer model profile
+# ---------------------------------------------------------------------------------------------------------------
+def profile_layers(model, x: torch.Tensor, repeats: int = 5) -> List[Dict]:
+    """Median ms per layer of the integer model's forward (its prepared layer calls, timed one by one)."""
+    from adadfq_fast import _backend
+
+    kernel = _backend.kernel_for("int_conv2d", x.device)
+    samples = [[] for _ in model.layers]
+    with torch.no_grad():
+        for it in range(repeats + 1):
+            regs = [None] * model.num_registers
+            regs[0] = x
+            for i, run in enumerate(model._runners):
+                t0 = time.perf_counter()
+                run(regs, kernel)
+                if it:
+                    samples[i].append((time.perf_counter() - t0) * 1e3)
+    lines = model.summary()
+    return [{"layer": lines[i].strip(), "ms": sorted(s)[len(s) // 2]} for i, s in enumerate(samples)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def run_bench(names: Sequence[str], repeats: int, batch_override: Optional[int], progress: bool = True) -> Dict:
+    results = []
+    profiles = {}
+    for name in names:
+        zoo, cin, size, classes, big = MODELS[name]
+        big = batch_override or big
+        if progress:
+            print(f"[{name}] building models ...", flush=True)
+        fp = _build_fp(name)
+        fp_cl = copy.deepcopy(fp).to(memory_format=torch.channels_last)
+        integer = _build_integer(fp, name)
+        ao_error = None
+        try:
+            ao = build_ao_int8(fp, torch.randn(8 if size[0] > 64 else 32, cin, *size))
+        except Exception as e:  # noqa: BLE001 - recorded in the results
+            ao, ao_error = None, f"{type(e).__name__}: {e}"
+        for batch in (1, big):
+            x = torch.randn(batch, cin, *size)
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+            fns = {
+                "integer": lambda: integer(x),
+                "fp32_nchw": lambda: fp(x),
+                "fp32_channels_last": lambda: fp_cl(x_cl),
+            }
+            if ao is not None:
+                fns["ao_int8"] = lambda: ao(x)
+            if progress:
+                print(f"[{name}] batch {batch}: timing {', '.join(fns)} ...", flush=True)
+            with torch.no_grad():
+                times = time_variants(fns, repeats=repeats if batch == 1 else max(3, repeats // 4),
+                                      min_seconds=0.5 if batch == 1 else 0.0, warmup=2)
+            fp32_best = min(times["fp32_nchw"], times["fp32_channels_last"])
+            rec = {"model": name, "zoo": zoo, "input": [cin, *size], "batch": batch, "ms": times,
+                   "fp32_best_ms": fp32_best, "ao_error": ao_error,
+                   "integer_vs_fp32": fp32_best / times["integer"],
+                   "integer_vs_ao": (times["ao_int8"] / times["integer"]) if ao is not None else None,
+                   "images_per_s": {k: 1000.0 * batch / v for k, v in times.items()}}
+            results.append(rec)
+            with torch.no_grad():
+                profiles[f"{name}_b{batch}"] = profile_layers(integer, x, repeats=3 if batch > 1 else 10)
+        if progress:
+            print(f"[{name}] done", flush=True)
+    return {"records": results, "profiles": profiles}
+
+
+def environment() -> Dict:
+    return {"torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or
+            platform.machine(), "threads": torch.get_num_threads(), "quantized_engine": "x86",
+            "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+def markdown(data: Dict) -> str:
+    env = data["environment"]
+    out = [f"# bench int (CPU {env['cpu']}, torch {env['torch']}, {env['threads']} threads, {env['time']})", "",
+           "Integer model = `adadfq_fast.deploy.export` of the W4A4 Q; fp32 = eager float32 (best of NCHW and "
+           "channels_last); ao int8 = torch.ao eager-mode static quantization (x86). Median ms per forward, "
+           "interleaved rounds in one run; speedup = other / integer.", "",
+           "| model | input | batch | integer ms | fp32 NCHW ms | fp32 CL ms | ao int8 ms | integer img/s | "
+           "vs fp32 | vs ao int8 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data["records"]:
+        ms = r["ms"]
+        ao = f"{ms['ao_int8']:.2f}" if "ao_int8" in ms else "n/a"
+        vs_ao = f"{r['integer_vs_ao']:.2f}x" if r["integer_vs_ao"] else "n/a"
+        out.append(f"| {r['model']} | {'x'.join(map(str, r['input']))} | {r['batch']} | {ms['integer']:.2f} | "
+                   f"{ms['fp32_nchw']:.2f} | {ms['fp32_channels_last']:.2f} | {ao} | "
+                   f"{r['images_per_s']['integer']:.0f} | {r['integer_vs_fp32']:.2f}x | {vs_ao} |")
+    errors = {r["model"]: r["ao_error"] for r in data["records"] if r["ao_error"]}
+    for model, err in errors.items():
+        out.append(f"\ntorch.ao failed on {model}: {err}")
+    out += ["", "Batch-1 latency ratio integer / fp32: " + ", ".join(
+        f"{r['model']} {r['ms']['integer'] / r['fp32_best_ms']:.2f}" for r in data["records"] if r["batch"] == 1)]
+    out += ["", "## Where the integer model's time goes (per layer, median ms)", ""]
+    for key, rows in data["profiles"].items():
+        total = sum(r["ms"] for r in rows)
+        first = rows[0]["ms"]
+        head = rows[-1]["ms"]
+        convs = sum(r["ms"] for r in rows if " conv " in f" {r['layer']} " and "int w" in r["layer"])
+        other = total - first - head - convs
+        top = sorted(rows, key=lambda r: -r["ms"])[:3]
+        out.append(f"* {key}: sum of layers {total:.2f} ms = first (float) conv {first:.2f} + integer convs "
+                   f"{convs:.2f} + head {head:.2f} + other {other:.2f}; largest: "
+                   + "; ".join(f"`{t['layer']}` {t['ms']:.2f}" for t in top))
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="adadfq-fast bench int", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--repeats", type=int, default=20, help="timed rounds at batch 1 (a quarter at the large batch)")
+    p.add_argument("--batch", type=int, default=None, help="throughput batch (default 256; 16 for ResNet-18)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--md", default=None, help="write the Markdown table here (default: beside --json)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = run_bench(args.models, args.repeats, args.batch, progress=not args.no_progress)
+    data["environment"] = environment()
+    table = markdown(data)
+    print(table)
+    md_path = args.md or (os.path.splitext(args.json)[0] + ".md" if args.json else None)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=1)
+    if md_path:
+        os.makedirs(os.path.dirname(os.path.abspath(md_path)), exist_ok=True)
+        with open(md_path, "w") as f:
+            f.write(table)
+    if args.json or md_path:
+        print(f"wrote {', '.join(p for p in (args.json, md_path) if p)}")
+    return 0
