@@ -125,6 +125,7 @@ def profile_layers(model, x: torch.Tensor, repeats: int = 5) -> List[Dict]:
     from adadfq_fast import _backend
 
     kernel = _backend.kernel_for("int_conv2d", x.device)
+    x = x.contiguous(memory_format=torch.channels_last)  # as IntegerModel.forward hands it to the first layer
     samples = [[] for _ in model.layers]
     with torch.no_grad():
         for it in range(repeats + 1):
