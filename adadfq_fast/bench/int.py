@@ -173,14 +173,15 @@ def run_bench(names: Sequence[str], repeats: int, batch_override: Optional[int],
                 times = time_variants(fns, repeats=repeats if batch == 1 else max(3, repeats // 4),
                                       min_seconds=0.5 if batch == 1 else 0.0, warmup=2)
             fp32_best = min(times["fp32_nchw"], times["fp32_channels_last"])
-            rec = {"model": name, "zoo": zoo, "input": [cin, *size], "batch": batch, "ms": times,
+            rec = {"model": name, "zoo": zoo, "input": [cin, *size], "batch": batch,
+                   "threads": torch.get_num_threads(), "ms": times,
                    "fp32_best_ms": fp32_best, "ao_error": ao_error,
                    "integer_vs_fp32": fp32_best / times["integer"],
                    "integer_vs_ao": (times["ao_int8"] / times["integer"]) if ao is not None else None,
                    "images_per_s": {k: 1000.0 * batch / v for k, v in times.items()}}
             results.append(rec)
             with torch.no_grad():
-                profiles[f"{name}_b{batch}"] = profile_layers(integer, x, repeats=3 if batch > 1 else 10)
+                profiles[f"{name}_b{batch}_t{torch.get_num_threads()}"] = profile_layers(integer, x, repeats=3 if batch > 1 else 10)
         if progress:
             print(f"[{name}] done", flush=True)
     return {"records": results, "profiles": profiles}
@@ -194,24 +195,27 @@ def environment() -> Dict:
 
 def markdown(data: Dict) -> str:
     env = data["environment"]
-    out = [f"# bench int (CPU {env['cpu']}, torch {env['torch']}, {env['threads']} threads, {env['time']})", "",
+    out = [f"# bench int (CPU {env['cpu']}, torch {env['torch']}, threads {env['threads']}, {env['time']}, load "
+           f"average at the end {', '.join(f'{v:.1f}' for v in env.get('load_average', ()))})", "",
            "Integer model = `adadfq_fast.deploy.export` of the W4A4 Q; fp32 = eager float32 (best of NCHW and "
            "channels_last); ao int8 = torch.ao eager-mode static quantization (x86). Median ms per forward, "
            "interleaved rounds in one run; speedup = other / integer.", "",
-           "| model | input | batch | integer ms | fp32 NCHW ms | fp32 CL ms | ao int8 ms | integer img/s | "
-           "vs fp32 | vs ao int8 |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "| model | input | threads | batch | integer ms | fp32 NCHW ms | fp32 CL ms | ao int8 ms | integer img/s | "
+           "vs fp32 | vs ao int8 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["records"]:
         ms = r["ms"]
         ao = f"{ms['ao_int8']:.2f}" if "ao_int8" in ms else "n/a"
         vs_ao = f"{r['integer_vs_ao']:.2f}x" if r["integer_vs_ao"] else "n/a"
-        out.append(f"| {r['model']} | {'x'.join(map(str, r['input']))} | {r['batch']} | {ms['integer']:.2f} | "
+        out.append(f"| {r['model']} | {'x'.join(map(str, r['input']))} | {r['threads']} | {r['batch']} | "
+                   f"{ms['integer']:.2f} | "
                    f"{ms['fp32_nchw']:.2f} | {ms['fp32_channels_last']:.2f} | {ao} | "
                    f"{r['images_per_s']['integer']:.0f} | {r['integer_vs_fp32']:.2f}x | {vs_ao} |")
     errors = {r["model"]: r["ao_error"] for r in data["records"] if r["ao_error"]}
     for model, err in errors.items():
         out.append(f"\ntorch.ao failed on {model}: {err}")
     out += ["", "Batch-1 latency ratio integer / fp32: " + ", ".join(
-        f"{r['model']} {r['ms']['integer'] / r['fp32_best_ms']:.2f}" for r in data["records"] if r["batch"] == 1)]
+        f"{r['model']} ({r['threads']} thr) {r['ms']['integer'] / r['fp32_best_ms']:.2f}"
+        for r in data["records"] if r["batch"] == 1)]
     out += ["", "## Where the integer model's time goes (per layer, median ms)", ""]
     for key, rows in data["profiles"].items():
         total = sum(r["ms"] for r in rows)
@@ -231,15 +235,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--repeats", type=int, default=20, help="timed rounds at batch 1 (a quarter at the large batch)")
     p.add_argument("--batch", type=int, default=None, help="throughput batch (default 256; 16 for ResNet-18)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--threads", type=int, nargs="*", default=None,
+                   help="torch thread counts to run (e.g. --threads 1 2; default: torch's default)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--md", default=None, help="write the Markdown table here (default: beside --json)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = run_bench(args.models, args.repeats, args.batch, progress=not args.no_progress)
+    data = {"records": [], "profiles": {}}
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        part = run_bench(args.models, args.repeats, args.batch, progress=not args.no_progress)
+        data["records"] += part["records"]
+        data["profiles"].update(part["profiles"])
     data["environment"] = environment()
+    data["environment"]["threads"] = args.threads or [torch.get_num_threads()]
+    data["environment"]["load_average"] = os.getloadavg()
     table = markdown(data)
     print(table)
     md_path = args.md or (os.path.splitext(args.json)[0] + ".md" if args.json else None)
