@@ -67,6 +67,9 @@ def bn_affine(layer: Layer):
     return a, b
 
 
+_EMPTY = torch.empty(0)  # unused statistics outputs of the in-place eval batch norm
+
+
 def _quantize_codes(v: Tensor, lo: float, hi: float, zero: float) -> Tensor:
     """``v = s*y - zp`` (already formed) -> uint8 codes ``clamp(round(v), lo, hi) + zp`` (rounds ``v`` in place).
 
@@ -147,7 +150,14 @@ class _FloatConv:
             x = torch.cat([x, torch.zeros_like(x)], dim=1).contiguous(memory_format=torch.channels_last)
         y = F.conv2d(x, self.weight, self.bias, *self.params)
         if self.bn is not None:
-            y = F.batch_norm(y, *self.bn)
+            if y.device.type == "cpu":
+                # In place (an element-wise op in eval mode): same values as F.batch_norm (tested), without a
+                # second full-size float tensor, whose allocation dominates at 224 px (2.5x faster there).
+                mean, var, weight, bias, _, _, eps = self.bn
+                torch.ops.aten.native_batch_norm.out(y, weight, bias, mean, var, False, 0.0, eps, out=y,
+                                                     save_mean=_EMPTY, save_invstd=_EMPTY)
+            else:
+                y = F.batch_norm(y, *self.bn)
         if self.res is not None:
             r = regs[self.res]
             y = y + (r.to(torch.float32) / self.res_scale if self.res_codes else r)
