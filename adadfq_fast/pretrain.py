@@ -73,7 +73,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float):
 
 def train_teacher(model: torch.nn.Module, train_set, test_set, epochs: int = 15, batch_size: int = 128,
                   lr: float = 0.1, weight_decay: float = 5e-4, seed: int = 0, progress: bool = True,
-                  log=print) -> dict:
+                  log=lambda msg: print(msg, flush=True)) -> dict:
     """Train ``model`` in place on ``train_set`` (a NormalizedImages); returns a history with test accuracy."""
     from tqdm import tqdm
 
