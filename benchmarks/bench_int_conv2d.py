@@ -29,28 +29,8 @@ import torch.nn.functional as F
 import adadfq_fast
 from adadfq_fast import _backend
 
-# (name, C, H, O, kernel, stride, occurrences per forward pass); the stems (float input image) are not integer.
-RESNET20 = [
-    ("s1.conv3x3", 16, 32, 16, 3, 1, 6),
-    ("s2.conv3x3/2", 16, 32, 32, 3, 2, 1),
-    ("s2.proj1x1/2", 16, 32, 32, 1, 2, 1),
-    ("s2.conv3x3", 32, 16, 32, 3, 1, 5),
-    ("s3.conv3x3/2", 32, 16, 64, 3, 2, 1),
-    ("s3.proj1x1/2", 32, 16, 64, 1, 2, 1),
-    ("s3.conv3x3", 64, 8, 64, 3, 1, 5),
-]
-RESNET18 = [
-    ("l1.conv3x3", 64, 56, 64, 3, 1, 4),
-    ("l2.conv3x3/2", 64, 56, 128, 3, 2, 1),
-    ("l2.proj1x1/2", 64, 56, 128, 1, 2, 1),
-    ("l2.conv3x3", 128, 28, 128, 3, 1, 3),
-    ("l3.conv3x3/2", 128, 28, 256, 3, 2, 1),
-    ("l3.proj1x1/2", 128, 28, 256, 1, 2, 1),
-    ("l3.conv3x3", 256, 14, 256, 3, 1, 3),
-    ("l4.conv3x3/2", 256, 14, 512, 3, 2, 1),
-    ("l4.proj1x1/2", 256, 14, 512, 1, 2, 1),
-    ("l4.conv3x3", 512, 7, 512, 3, 1, 3),
-]
+from adadfq_fast.bench.shapes import INT_CONV_RESNET18 as RESNET18, INT_CONV_RESNET20 as RESNET20
+
 SETTINGS = {"resnet20": (RESNET20, (1, 256)), "resnet18": (RESNET18, (1, 64))}
 
 

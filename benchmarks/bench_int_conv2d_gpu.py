@@ -23,19 +23,8 @@ from adadfq_fast import _backend
 from adadfq_fast.bench.ops import environment
 from adadfq_fast.bench.timer import time_variants
 
-# (name, C, H, O, kernel, stride, occurrences per forward pass); the stem (float input image) is not integer.
-RESNET18 = [
-    ("l1.conv3x3", 64, 56, 64, 3, 1, 4),
-    ("l2.conv3x3/2", 64, 56, 128, 3, 2, 1),
-    ("l2.proj1x1/2", 64, 56, 128, 1, 2, 1),
-    ("l2.conv3x3", 128, 28, 128, 3, 1, 3),
-    ("l3.conv3x3/2", 128, 28, 256, 3, 2, 1),
-    ("l3.proj1x1/2", 128, 28, 256, 1, 2, 1),
-    ("l3.conv3x3", 256, 14, 256, 3, 1, 3),
-    ("l4.conv3x3/2", 256, 14, 512, 3, 2, 1),
-    ("l4.proj1x1/2", 256, 14, 512, 1, 2, 1),
-    ("l4.conv3x3", 512, 7, 512, 3, 1, 3),
-]
+from adadfq_fast.bench.shapes import INT_CONV_RESNET18 as RESNET18
+
 QUICK = ("l1.conv3x3", "l3.conv3x3", "l4.proj1x1/2")
 EPILOGUE = dict(relu=True, out_bits=4, out_scale=3.0, out_zero=8.0)
 
