@@ -104,7 +104,6 @@ def run(args) -> dict:
     from adadfq_fast.data import dataset_info, evaluate, load_dataset, make_loader
     from adadfq_fast.game.trainer import Trainer, resolve_device
     from adadfq_fast.models import build_model
-    from adadfq_fast.nn import save_q_checkpoint
 
     if args.bits is not None:
         args.wbits = args.abits = args.bits
@@ -144,10 +143,7 @@ def run(args) -> dict:
         if args.warmup_epochs > 0 and (calib_acc is None or method == "adadfq"):
             calib_acc = history[args.warmup_epochs - 1].get("q_acc")
         ckpt = os.path.join(args.out, f"q_{method}_w{args.wbits}a{args.abits}.pt")
-        save_q_checkpoint(ckpt, trainer.Q, model=args.model, num_classes=info["num_classes"],
-                          in_channels=info["in_channels"], in_size=info["in_size"], wbits=args.wbits,
-                          abits=args.abits, meta={"method": method, "top1": final, "teacher": source,
-                                                  "seed": args.seed})
+        trainer.save_q(ckpt, method=method, top1=final, teacher=source, seed=args.seed)
         results[method] = {
             "final_acc": final, "best_acc": summary["best_acc"], "best_epoch": summary["best_epoch"],
             "iters_per_s": summary["iters_per_s"], "checkpoint": ckpt,

@@ -119,3 +119,39 @@ def test_shipped_teacher_accuracy_on_real_test_set():
     acc = evaluate(model, make_loader("fashion-mnist", batch_size=1000, root=FASHION_MNIST_DIR), progress=False)
     assert acc == pytest.approx(card["test_acc"], abs=0.02)  # the card's number is reproducible
     assert acc >= 92.0
+
+
+def test_best_q_is_a_q_checkpoint_and_eval_reads_both_forms(tiny_fmnist, tmp_path, capsys):
+    from adadfq_fast.cli_train import eval_main
+    from adadfq_fast.nn import is_q_checkpoint
+    from test_trainer import _trainer
+
+    tr = _trainer(tmp_path, evaluate_fn=lambda q: 50.0)
+    tr.fit()
+    best = tmp_path / "run" / "best_q.pt"
+    assert is_q_checkpoint(best) and not is_q_checkpoint(tmp_path / "run" / "metrics.jsonl")
+    from adadfq_fast.nn import read_q_checkpoint
+
+    # (The trainer's teacher here is a tiny stand-in, so the file is read, not rebuilt from the zoo.)
+    payload = read_q_checkpoint(best)
+    assert payload["meta"]["run"] == "run" and payload["wbits"] == tr.cfg.wbits
+    assert payload["state_dict"].keys() == tr.Q.state_dict().keys()
+
+    # `adadfq-fast eval` on a self-describing checkpoint and on Q's bare state dict (with --wbits/--abits).
+    teacher = build_model("resnet20", num_classes=10, in_channels=1, in_size=(28, 28))
+    fp = tmp_path / "fp.pt"
+    torch.save(teacher.state_dict(), fp)
+    out = tmp_path / "job"
+    quantize_job.main(["--checkpoint", str(fp), "--data-root", str(tiny_fmnist), "--epochs", "2",
+                       "--iters-per-epoch", "1", "--warmup-epochs", "1", "--batch-size", "4", "--method", "adadfq",
+                       "--out", str(out), "--no-progress", "--no-plots"])
+    summary = json.loads((out / "summary.json").read_text())
+    ckpt = out / "q_adadfq_w4a4.pt"
+    q, _ = load_q_checkpoint(ckpt)
+    torch.save(q.state_dict(), tmp_path / "bare.pt")
+    for args in (["--checkpoint", str(ckpt)], ["--checkpoint", str(tmp_path / "bare.pt"), "--wbits", "4",
+                                                 "--abits", "4"]):
+        capsys.readouterr()
+        assert eval_main(["--model", "resnet20", "--dataset", "fashion-mnist", "--data-root", str(tiny_fmnist),
+                          "--no-progress", *args]) == 0
+        assert f"top-1 {summary['adadfq_acc']:.2f}%" in capsys.readouterr().out

@@ -237,7 +237,7 @@ class Trainer:
                 if record["q_acc"] > self.best_acc:
                     self.best_acc, self.best_epoch = record["q_acc"], epoch
                     if self.run_dir:
-                        torch.save(self.Q.state_dict(), os.path.join(self.run_dir, "best_q.pt"))
+                        self.save_q(os.path.join(self.run_dir, "best_q.pt"), top1=record["q_acc"], epoch=epoch)
             record["best_acc"] = self.best_acc if self.best_epoch >= 0 else None
             record["best_epoch"] = self.best_epoch if self.best_epoch >= 0 else None
             self.history.append(record)
@@ -267,6 +267,15 @@ class Trainer:
             print(f"epoch {record['epoch'] + 1}: " + ", ".join(f"{k}={record[k]:.4g}" for k in keys), flush=True)
 
     # ---- checkpoints --------------------------------------------------------------------------------------
+    def save_q(self, path: str, **meta) -> None:
+        """Q as a self-describing checkpoint (``load_q_checkpoint``, ``adadfq-fast eval/export`` read it)."""
+        from adadfq_fast.nn import save_q_checkpoint
+
+        cfg = self.cfg
+        save_q_checkpoint(path, self.Q, model=cfg.model, num_classes=cfg.num_classes, in_channels=cfg.channels,
+                          in_size=(cfg.img_size, cfg.img_size), wbits=cfg.wbits, abits=cfg.abits,
+                          meta={"run": cfg.name, **meta})
+
     def state_dict(self) -> dict:
         return dict(
             format="adadfq_fast.trainer/1", epoch=self.epoch, G=self.G.state_dict(), Q=self.Q.state_dict(),

@@ -1,5 +1,5 @@
 """The quantized network Q: quantized layers, the activation quantizer and ``quantize_model``."""
-from .checkpoint import load_q_checkpoint, read_q_checkpoint, save_q_checkpoint
+from .checkpoint import is_q_checkpoint, load_q_checkpoint, read_q_checkpoint, save_q_checkpoint
 from .modules import QuantAct, QuantConv2d, QuantLinear, QuantReLU
 from .quantize import (
     act_quantizers,
@@ -26,4 +26,5 @@ __all__ = [
     "save_q_checkpoint",
     "load_q_checkpoint",
     "read_q_checkpoint",
+    "is_q_checkpoint",
 ]

@@ -55,6 +55,15 @@ def read_q_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     return payload
 
 
+def is_q_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a readable file in this format (any version); never raises for other files."""
+    try:
+        payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not one
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
 def load_q_checkpoint(path: str | os.PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuild Q (eval mode, activation ranges frozen, on CPU) from a checkpoint; returns ``(q, payload)``."""
     from adadfq_fast.models import build_model
