@@ -86,3 +86,16 @@ def test_cli_train_needs_teacher_weights(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "adadfq_fast", "train", f"output_dir={tmp_path}"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode != 0 and "--teacher-checkpoint" in proc.stderr
+
+
+def test_tensorboard_logging(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tr = _trainer(tmp_path, evaluate_fn=lambda q: 42.0, tensorboard=True)
+    tr.fit()
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"loss_g", "loss_q", "q_acc", "iters_per_s"} <= set(tags["scalars"]) and "h_norm" in tags["histograms"]
+    assert [e.step for e in acc.Scalars("q_acc")] == [2, 4, 6] and acc.Scalars("q_acc")[-1].value == 42.0

@@ -112,6 +112,7 @@ class AdaDFQConfig:
     num_workers: int = _f(8, "data-loader workers for evaluation (nThreads)")
     output_dir: str = _f("runs", "where run directories (logs, checkpoints, config) go")
     checkpoint_every: int = _f(1, "save a resumable checkpoint every this many epochs (0: never)")
+    tensorboard: bool = _f(False, "also log every epoch's metrics and H' histogram to TensorBoard in <run dir>/tb")
     resume: str = _f("", "checkpoint to resume from")
     device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:N")
     backend: str = _f("auto", "adadfq_fast op backend")

@@ -165,6 +165,7 @@ class Trainer:
         self.h_norm_last: Optional[List[float]] = None
         if self.run_dir:
             os.makedirs(self.run_dir, exist_ok=True)
+        self.tb = _tensorboard_writer(self.run_dir) if getattr(cfg, "tensorboard", False) and self.run_dir else None
 
     # ---- one epoch ----------------------------------------------------------------------------------------
     def ranges_frozen(self, epoch: int) -> bool:
@@ -262,6 +263,14 @@ class Trainer:
         if self.run_dir:
             with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            step = (record["epoch"] + 1) * record["iters"]  # x axis: game iterations
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "iters"):
+                    self.tb.add_scalar(key, value, step)
+            if self.h_norm_last:
+                self.tb.add_histogram("h_norm", torch.tensor(self.h_norm_last), step)
+            self.tb.flush()
         if self.progress:
             keys = [k for k in ("loss_g", "loss_q", "l_bns", "h_norm_mean", "q_acc", "iters_per_s") if k in record]
             print(f"epoch {record['epoch'] + 1}: " + ", ".join(f"{k}={record[k]:.4g}" for k in keys), flush=True)
@@ -308,6 +317,14 @@ class Trainer:
         if not os.path.exists(path):
             raise FileNotFoundError(f"resume: no checkpoint at {path}")
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+
+def _tensorboard_writer(run_dir: str):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise RuntimeError("tensorboard=true needs the tensorboard package (pip install tensorboard)") from e
+    return SummaryWriter(os.path.join(run_dir, "tb"))
 
 
 def _config_dict(cfg) -> dict:
