@@ -7,7 +7,7 @@ steady state of epochs >= 4, which is 99% of a run. Variants, timed interleaved 
 * ``faithful``: the official order on the ``reference`` backend, i.e. the authors' math as chains of PyTorch ops
   (what their code computes, minus its defects); this is the baseline of the speedup;
 * ``faithful_fused``: the official order on the fused kernels (isolates the kernels' share);
-* ``fast``: the fast schedule on the fused kernels;
+* ``fast``: the fast schedule on the fused kernels, channels_last (as the trainer runs it);
 * ``fast_bf16`` (opt-in ``--bf16``): fast with G and P under bfloat16 autocast.
 Writes ``{"faithful_ms", "fast_ms", "speedup", ...}`` plus the settings and every variant's time to JSON.
 """
@@ -53,14 +53,14 @@ def _num_classes(model, default):
     return last[-1].out_features if last else default
 
 
-def make_game(players, schedule: str, batch: int, autocast_dtype=None):
+def make_game(players, schedule: str, batch: int, autocast_dtype=None, channels_last: bool = False):
     from adadfq_fast.game.schedules import GameStep, LossWeights
 
     teacher, g, q, classes = (copy.deepcopy(p) if isinstance(p, torch.nn.Module) else p for p in players)
     opt_g = torch.optim.Adam(g.parameters(), lr=1e-3, betas=(0.5, 0.999))
     opt_q = torch.optim.SGD(q.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4, nesterov=True)
     return GameStep(teacher, g, q, opt_g, opt_q, classes, 100, batch, LossWeights(), schedule=schedule,
-                    autocast_dtype=autocast_dtype)
+                    autocast_dtype=autocast_dtype, channels_last=channels_last)
 
 
 def run_bench_step(model="resnet20_cifar10", batch=16, wbits=4, abits=4, device="cpu", iters=10,
@@ -75,7 +75,8 @@ def run_bench_step(model="resnet20_cifar10", batch=16, wbits=4, abits=4, device=
         variants["fast_bf16"] = ("fast", "auto", torch.bfloat16)
     fns = {}
     for name, (schedule, backend, dtype) in variants.items():
-        game = make_game(players, schedule, batch, dtype)
+        # fast as the trainer runs it: channels_last (cfg.channels_last, on by default for fast)
+        game = make_game(players, schedule, batch, dtype, channels_last=schedule == "fast")
 
         def run(game=game, backend=backend):
             with adadfq_fast.use_backend(backend):

@@ -77,6 +77,8 @@ class AdaDFQConfig:
     batch_size: int = _f(16, "generated images per iteration (batchSize)")
     warmup_epochs: int = _f(4, "epochs during which Q is not stepped (G still trains)")
     schedule: str = _f("faithful", "faithful: the official iteration order; fast: the engine's fused schedule")
+    channels_last: bool = _f(True, "fast schedule: G, P, Q and the images in channels_last (oneDNN's faster conv "
+                             "layout on CPU: 1.13x per iteration measured on ResNet-20); same values up to float order")
     capture: str = _f("none", "cuda_graph: record the fast schedule's steady-state iteration once and replay it (GPU)")
     seed: int = _f(1, "RNG seed (the original uses manualSeed = --id + 1, so 1 for run 0)")
     # ---- Q optimiser (the original's "S") -----------------------------------------------------------------

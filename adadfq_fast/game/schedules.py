@@ -92,6 +92,9 @@ class GameStep:
         self.channels_last = channels_last
         self.after_q_forward = after_q_forward
         self.reduce_grads = reduce_grads
+        if channels_last:  # weights too: oneDNN runs channels_last convolutions fastest when both agree
+            for module in (teacher, generator, quantized):
+                module.to(memory_format=torch.channels_last)
         self.capture = BNCapture(teacher).attach()
         self.g_params: List[nn.Parameter] = [p for p in generator.parameters() if p.requires_grad]
         self.q_params: List[nn.Parameter] = [p for p in quantized.parameters() if p.requires_grad]

@@ -147,7 +147,8 @@ class Trainer:
             hooks = dict(after_q_forward=sync_ranges, reduce_grads=ddp.all_reduce_grads)
         self.step = GameStep(self.P, self.G, self.Q, self.opt_g, self.opt_q, cfg.num_classes, cfg.latent_dim,
                              cfg.batch_size, weights, schedule=cfg.schedule, method=method,
-                             autocast_dtype=autocast_dtype, **hooks)
+                             autocast_dtype=autocast_dtype,
+                             channels_last=cfg.schedule == "fast" and getattr(cfg, "channels_last", False), **hooks)
         self.run_step = self.step
         if getattr(cfg, "capture", "none") == "cuda_graph":
             from .cuda_graph import CudaGraphStep
