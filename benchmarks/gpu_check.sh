@@ -51,6 +51,26 @@ timeout $(left 120) python3 -m adadfq_fast bench step --device cuda --model resn
 timeout $(left 150) python3 -m adadfq_fast bench step --device cuda --model resnet18 --batch 16 --iters 10 \
   --json "$DEST/bench_step_gpu_resnet18.json"
 
+step "bench int: integer model (eager + CUDA graph at batch 1) vs float16 channels_last (eager, torch.compile)"
+# First the CUDA-graph runner's GPU test (captured vs eager logits bit for bit; at most 30 s), then the benchmark,
+# at most 60 s in all. Reduced vs the command's defaults to fit: 10 timed rounds at batch 1 (5 at the large batch);
+# ResNet-18 224 px first, throughput at batch 64 (not 256) and without torch.compile (its two compiles take
+# longer than this step has); then ResNet-20 CIFAR with whatever is left, batch 256 and torch.compile.
+timeout $(left 30) python3 -m pytest -q -x -p no:cacheprovider tests/test_deploy_gpu.py \
+  --junitxml="$DEST/gpu_tests_deploy.xml" 2>&1 | tail -15
+int_budget=$(left 60); int_start=$(date +%s)
+echo "bench int, reduced settings (${int_budget}s in all): 10 rounds; resnet18_imagenet at batch 64 (not 256)" \
+  "without torch.compile; resnet20_cifar at batch 256 with torch.compile"
+timeout $(( int_budget < 25 ? int_budget : 25 )) python3 -m adadfq_fast bench int --device cuda --no-progress \
+  --models resnet18_imagenet --batch 64 --repeats 10 --no-compile \
+  --note "gpu_check.sh reduced settings: 10 rounds at batch 1, 5 at batch 64; torch.compile not run for ResNet-18." \
+  --json "$DEST/bench_int_gpu_resnet18.json"
+int_rem=$(( int_budget - ($(date +%s) - int_start) )); [ "$int_rem" -lt 1 ] && int_rem=1
+timeout "$int_rem" python3 -m adadfq_fast bench int --device cuda --no-progress \
+  --models resnet20_cifar --batch 256 --repeats 10 \
+  --note "gpu_check.sh reduced settings: 10 rounds at batch 1, 5 at batch 256." \
+  --json "$DEST/bench_int_gpu_resnet20.json"
+
 step "bench ops with torch.compile(reference), ResNet-18 batch 16 and the large logits (compiles are slow: last)"
 timeout $(left 150) python3 -m adadfq_fast bench ops --device cuda --repeats 30 --no-progress --compile-reference \
   --settings resnet18_b16 logits_b256_c1000 --json "$DEST/bench_ops_gpu_compiled.json"
