@@ -85,10 +85,9 @@ def _config(args, info: dict, method: str, out_dir: str):
     from adadfq_fast.config import AdaDFQConfig
 
     size = info["in_size"][0]
-    epochs = args.epochs
     return AdaDFQConfig(
         name=method, dataset=info["name"], model=args.model, num_classes=info["num_classes"], img_size=size,
-        channels=info["in_channels"], wbits=args.wbits, abits=args.abits, epochs=epochs,
+        channels=info["in_channels"], wbits=args.wbits, abits=args.abits, epochs=args.epochs,
         iters_per_epoch=args.iters_per_epoch, batch_size=args.batch_size, warmup_epochs=args.warmup_epochs,
         act_range_unfreeze_epochs=args.warmup_epochs, schedule=args.schedule, seed=args.seed, q_lr=args.q_lr,
         g_lr=args.g_lr,
@@ -159,7 +158,7 @@ def run(args) -> dict:
         "adadfq_best_acc": results.get("adadfq", {}).get("best_acc"),
         "iters_per_s": {m: r["iters_per_s"] for m, r in results.items()},
         "total_s": total_s,
-        "config": {k: v for k, v in vars(args).items()} | {"teacher_checkpoint": source,
+        "config": vars(args) | {"teacher_checkpoint": source,
                                                             "test_images": len(test_set), "torch": torch.__version__,
                                                             "threads": torch.get_num_threads()},
         "runs": results,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import adadfq_fast
 from adadfq_fast import _backend
-
+from adadfq_fast.bench.ops import cpu_name
 from adadfq_fast.bench.shapes import INT_CONV_RESNET18 as RESNET18, INT_CONV_RESNET20 as RESNET20
 
 SETTINGS = {"resnet20": (RESNET20, (1, 256)), "resnet18": (RESNET18, (1, 64))}
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
                 line = "  ".join(f"{v}={t:.3f}ms" for v, t in ms.items())
                 print(f"{net} b{n} {name}: {line}  vs f32 {ms['f32_conv2d'] / ms['int_conv2d']:.2f}x", flush=True)
     env = dict(torch=torch.__version__, adadfq_fast=adadfq_fast.__version__, python=platform.python_version(),
-               machine=platform.machine(), threads=torch.get_num_threads(), cpu=_cpu_name(),
+               machine=platform.machine(), threads=torch.get_num_threads(), cpu=cpu_name(),
                backend=_backend.resolve("int_conv2d", torch.device("cpu")), command=" ".join(sys.argv),
                clock="wall" if args.wall else "thread CPU time")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
@@ -122,17 +122,6 @@ def main(argv=None) -> int:
         f.write(_markdown(env, records))
     print(f"wrote {args.out}.json and .md")
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _fmt(v):

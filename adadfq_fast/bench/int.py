@@ -389,6 +389,15 @@ def _write(data: Dict, json_path: Optional[str], md_path: Optional[str], table: 
             f.write(table)
 
 
+def _report(data: Dict, json_path: Optional[str], md_path: Optional[str], table: str) -> int:
+    """Print the table, write the JSON/Markdown files asked for, say where; the command's exit code."""
+    print(table)
+    _write(data, json_path, md_path, table)
+    if json_path or md_path:
+        print(f"wrote {', '.join(p for p in (json_path, md_path) if p)}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="adadfq-fast bench int", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -427,12 +436,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         run_bench_cuda(names, args.repeats, args.batch, compile_models, progress=not args.no_progress,
                        on_record=save_partial)
-        table = markdown_cuda(data)
-        print(table)
-        _write(data, args.json, md_path, table)
-        if args.json or md_path:
-            print(f"wrote {', '.join(p for p in (args.json, md_path) if p)}")
-        return 0
+        return _report(data, args.json, md_path, markdown_cuda(data))
     data = {"records": [], "profiles": {}}
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
@@ -442,9 +446,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data["environment"] = environment()
     data["environment"]["threads"] = args.threads or [torch.get_num_threads()]
     data["environment"]["load_average"] = os.getloadavg()
-    table = markdown(data)
-    print(table)
-    _write(data, args.json, md_path, table)
-    if args.json or md_path:
-        print(f"wrote {', '.join(p for p in (args.json, md_path) if p)}")
-    return 0
+    return _report(data, args.json, md_path, markdown(data))

@@ -172,11 +172,12 @@ def environment(device: str) -> dict:
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     else:
-        env["cpu"] = _cpu_name()
+        env["cpu"] = cpu_name()
     return env
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform says."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
