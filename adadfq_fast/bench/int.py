@@ -264,6 +264,13 @@ def time_variants_cuda(fns: Dict[str, Callable[[], object]], repeats: int = 30, 
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def _with_backend(backend: str, model, x):
+    from adadfq_fast import use_backend
+
+    with use_backend(backend):
+        return model(x)
+
+
 def run_bench_cuda(names: Sequence[str], repeats: int, batch_override: Optional[int], compile_models: Sequence[str],
                    progress: bool = True, on_record: Optional[Callable[[Dict], None]] = None,
                    device: str = "cuda") -> Dict:
@@ -300,13 +307,22 @@ def run_bench_cuda(names: Sequence[str], repeats: int, batch_override: Optional[
             x16 = x.half().contiguous(memory_format=torch.channels_last)
             fns = {"integer": lambda: integer(x), "fp16_channels_last": lambda: fp16(x16)}
             extra: Dict = {"backend": _backend.resolve("int_conv2d", dev)}
+            # Every int_conv2d backend of this device, so the numbers say which one `auto` should prefer.
+            backends = [b for b in _backend.available_backends(dev.type)
+                        if b != "reference" and b in _backend._KERNELS.get("int_conv2d", {})]
+            if on_gpu and len(backends) > 1:
+                for b in backends:
+                    fns[f"integer[{b}]"] = lambda b=b: _with_backend(b, integer, x)
             with torch.no_grad():
                 runner = None
                 if batch == 1 and on_gpu:
-                    runner = CudaGraphRunner(integer, x)
-                    out_graph, out_eager = runner(x), integer(x)
-                    extra["cuda_graph_bit_exact"] = bool(torch.equal(out_graph, out_eager))
-                    fns["integer_cuda_graph"] = lambda: runner(x)
+                    try:
+                        runner = CudaGraphRunner(integer, x)
+                        out_graph, out_eager = runner(x), integer(x)
+                        extra["cuda_graph_bit_exact"] = bool(torch.equal(out_graph, out_eager))
+                        fns["integer_cuda_graph"] = lambda: runner(x)
+                    except Exception as e:  # noqa: BLE001 - recorded in the results
+                        extra["cuda_graph_error"] = f"{type(e).__name__}: {e}"[:500]
                 if compiled is not None and compile_error is None:
                     t0 = time.perf_counter()
                     try:
@@ -370,9 +386,16 @@ def markdown_cuda(data: Dict) -> str:
                    f"{f('fp16_channels_last_compiled')} | {r['images_per_s']['integer']:.0f} | "
                    f"{r['images_per_s']['fp16_channels_last']:.0f} | {r['integer_vs_fp16']:.2f}x | {graph_vs} |")
     for r in data["records"]:
+        per_backend = {k[len("integer["):-1]: v for k, v in r["ms"].items() if k.startswith("integer[")}
+        if per_backend:
+            out.append(f"\n{r['model']} batch {r['batch']}, integer model per int_conv2d backend: " + ", ".join(
+                f"{b} {ms:.3f} ms ({r['ms']['fp16_channels_last'] / ms:.2f}x vs fp16 CL)"
+                for b, ms in per_backend.items()))
         if "cuda_graph_bit_exact" in r:
             out.append(f"\n{r['model']} batch {r['batch']}: CUDA-graph logits equal eager bit for bit: "
                        f"{r['cuda_graph_bit_exact']}")
+        if r.get("cuda_graph_error"):
+            out.append(f"\nCUDA-graph capture failed on {r['model']}: {r['cuda_graph_error']}")
         if r.get("compile_error"):
             out.append(f"\ntorch.compile failed on {r['model']}: {r['compile_error']}")
     return "\n".join(out) + "\n"

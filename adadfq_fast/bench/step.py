@@ -8,7 +8,12 @@ steady state of epochs >= 4, which is 99% of a run. Variants, timed interleaved 
   (what their code computes, minus its defects); this is the baseline of the speedup;
 * ``faithful_fused``: the official order on the fused kernels (isolates the kernels' share);
 * ``fast``: the fast schedule on the fused kernels, channels_last (as the trainer runs it);
-* ``fast_bf16`` (opt-in ``--bf16``): fast with G and P under bfloat16 autocast.
+* ``fast_bf16`` (opt-in ``--bf16``): fast with G and P under bfloat16 autocast;
+* ``fast_cuda_graph`` (``--device cuda`` only): fast with the whole iteration captured into a CUDA graph and
+  replayed (``capture=cuda_graph`` in the trainer; :class:`adadfq_fast.game.cuda_graph.CudaGraphStep`).
+On cuda the result also carries ``full_run_minutes_estimate``: 400 x 200 iterations (the CIFAR preset) at the
+fastest variant's time per iteration. It counts every iteration as a steady-state one (the 4 warm-up epochs
+step G only, so they cost less) and leaves out the per-epoch evaluations.
 Writes ``{"faithful_ms", "fast_ms", "speedup", ...}`` plus the settings and every variant's time to JSON.
 """
 from __future__ import annotations
@@ -74,6 +79,7 @@ def run_bench_step(model="resnet20_cifar10", batch=16, wbits=4, abits=4, device=
     if bf16:
         variants["fast_bf16"] = ("fast", "auto", torch.bfloat16)
     fns = {}
+    graph_error = None
     for name, (schedule, backend, dtype) in variants.items():
         # fast as the trainer runs it: channels_last (cfg.channels_last, on by default for fast)
         game = make_game(players, schedule, batch, dtype, channels_last=schedule == "fast")
@@ -83,12 +89,35 @@ def run_bench_step(model="resnet20_cifar10", batch=16, wbits=4, abits=4, device=
                 game(step_q=True, ranges_frozen=True)
 
         fns[name] = run
+    if torch.device(device).type == "cuda":
+        from adadfq_fast.game.cuda_graph import CudaGraphStep
+
+        graph_step = CudaGraphStep(make_game(players, "fast", batch, None, channels_last=True))
+
+        def run_graph():
+            graph_step(step_q=True, ranges_frozen=True)
+
+        # CudaGraphStep runs 3 eager iterations and records on the 4th call: 5 calls before timing keep both out
+        # of it. A capture that fails is reported in the result; the other variants are still timed.
+        try:
+            for _ in range(5):
+                run_graph()
+            fns["fast_cuda_graph"] = run_graph
+        except Exception as e:  # noqa: BLE001 - recorded in the results
+            graph_error = f"{type(e).__name__}: {e}"[:1000]
+            print(f"fast_cuda_graph failed: {graph_error}")
     times = time_variants(fns, device=device, repeats=iters, min_seconds=0.0, warmup=2)
     result = dict(
         faithful_ms=times["faithful"], fast_ms=times["fast"], speedup=times["faithful"] / times["fast"],
         variants_ms=times, model=model, batch=batch, wbits=wbits, abits=abits, device=device, iters=iters,
         environment=environment(device),
     )
+    if graph_error:
+        result["fast_cuda_graph_error"] = graph_error
+    if "fast_cuda_graph" in times:
+        result["fast_cuda_graph_ms"] = times["fast_cuda_graph"]
+        result["speedup_cuda_graph"] = times["faithful"] / times["fast_cuda_graph"]
+        result["full_run_minutes_estimate"] = 400 * 200 * min(times.values()) / 60000.0
     return result
 
 
@@ -109,6 +138,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{args.model} batch {args.batch} W{args.wbits}A{args.abits} on {args.device}:")
     for name, ms in r["variants_ms"].items():
         print(f"  {name:<15} {ms:9.2f} ms/iter   {r['faithful_ms'] / ms:5.2f}x vs faithful")
+    if "full_run_minutes_estimate" in r:
+        print(f"  400 x 200 iterations at the fastest variant: about {r['full_run_minutes_estimate']:.1f} min "
+              "(steady-state iterations, evaluations left out)")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
