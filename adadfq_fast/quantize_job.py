@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="evaluate Q every N epochs (always after the warm-up and the last epoch)")
     p.add_argument("--out", default=os.path.join("runs", "quantize"), help="output folder")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--bf16", action="store_true",
+                   help="run G and P under bfloat16 autocast (Q stays float32); CPUs with AVX-512 BF16 gain ~1.4x")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -135,7 +137,8 @@ def run(args) -> dict:
               f"iterations, batch {args.batch_size}, first {args.warmup_epochs} epochs G only ---", flush=True)
         cfg = _config(args, info, method, args.out)
         trainer = Trainer(cfg, teacher, evaluate_fn=evaluate_fn, run_dir=os.path.join(args.out, method),
-                          progress=progress, method=method)
+                          progress=progress, method=method,
+                          autocast_dtype=torch.bfloat16 if args.bf16 else None)
         summary = trainer.fit()
         history = trainer.history
         final = history[-1].get("q_acc")

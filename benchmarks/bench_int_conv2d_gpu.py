@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import adadfq_fast
 from adadfq_fast import _backend
+from adadfq_fast.bench.int import triton_tiles
 from adadfq_fast.bench.ops import environment
 from adadfq_fast.bench.timer import time_variants
 
@@ -98,11 +99,14 @@ def main(argv=None):
     if skipped:
         table += "\nSkipped backends: " + "; ".join(f"{b}: {why}" for b, why in skipped.items()) + "\n"
     print(table)
+    for t in triton_tiles():
+        print(f"triton tile for C={t['cin_g']} O={t['cout_g']} k={t['kh']} stride={t['sh']} pixels={t['n_pixels']}: "
+              f"BLOCK_M, BLOCK_N, BLOCK_K, warps, stages = {t['tile']}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(dict(environment=environment(dev), epilogue=EPILOGUE, records=records, network_ms=totals,
-                           skipped=skipped), f, indent=1)
+                           skipped=skipped, triton_tiles=triton_tiles()), f, indent=1)
         with open(os.path.splitext(args.json)[0] + ".md", "w") as f:
             f.write(f"# int_conv2d on {dev}: ResNet-18 layers, batch {args.batch}\n\n" + table)
     return 0

@@ -12,6 +12,8 @@
 #   4. the GPU test tier (cuda + triton backends vs reference, CUDA graph capture, integer model), in parallel
 #      workers when pytest-xdist is there (the Triton compiles are CPU-bound);
 #   5. bench step ResNet-18 224 px batch 16; 6. bench ops on the GPU; 7. torch.compile baselines for ResNet-20.
+# GPU_CHECK_STEPS picks steps and their order (default "1 2 3 4 5 6 7"); GPU_TESTS replaces step 4's test list
+# (pytest arguments).
 # Everything lands in $GPU_CHECK_DIR (default /tmp/adadfq_gpu_check) and is copied to benchmarks/results/; where
 # $OUT is set (the device tool), $OUT gets gpu_check.log and gpu_results.tar.gz, repacked after every step (the
 # tool brings back at most 8 files).
@@ -53,39 +55,58 @@ if ! ADADFQ_BUILD_CUDA=1 timeout $(left 200) python3 -m pip install -q --no-deps
 fi
 python3 -m adadfq_fast env
 
-step "1. bench step: ResNet-20 CIFAR batch 16, faithful vs fast vs fast + CUDA graph"
-timeout $(left 70) python3 -m adadfq_fast bench step --device cuda --model resnet20_cifar10 --batch 16 --iters 20 \
-  --json "$WORK/bench_step_gpu_resnet20.json"
+run_1() {
+  step "1. bench step: ResNet-20 CIFAR batch 16, faithful vs fast vs fast + CUDA graph"
+  timeout $(left 70) python3 -m adadfq_fast bench step --device cuda --model resnet20_cifar10 --batch 16 --iters 20 \
+    --json "$WORK/bench_step_gpu_resnet20.json"
+}
 
-step "2. bench int: integer model vs float16 channels_last, ResNet-18 224 px and ResNet-20, batch 256 and 1"
-timeout $(left 80) python3 -m adadfq_fast bench int --device cuda --no-progress \
-  --models resnet18_imagenet resnet20_cifar --batch 256 --repeats 10 --no-compile \
-  --note "gpu_check.sh: 10 rounds at batch 1, 5 at batch 256; torch.compile in a later step." \
-  --json "$WORK/bench_int_gpu.json"
+run_2() {
+  step "2. bench int: integer model vs float16 channels_last, ResNet-18 224 px and ResNet-20, batch 256 and 1"
+  timeout $(left 120) python3 -m adadfq_fast bench int --device cuda --no-progress \
+    --models resnet18_imagenet resnet20_cifar --batch 256 --repeats 10 --no-compile \
+    --note "gpu_check.sh: 10 rounds at batch 1, 5 at batch 256; torch.compile in a later step." \
+    --json "$WORK/bench_int_gpu.json"
+}
 
-step "3. int_conv2d per ResNet-18 layer at batch 256: triton and cuda vs float16 channels_last F.conv2d"
-timeout $(left 50) python3 benchmarks/bench_int_conv2d_gpu.py --device cuda --batch 256 --repeats 10 \
-  --json "$WORK/bench_int_conv2d_gpu.json"
+run_3() {
+  step "3. int_conv2d per ResNet-18 layer at batch 256: triton and cuda vs float16 channels_last F.conv2d"
+  timeout $(left 90) python3 benchmarks/bench_int_conv2d_gpu.py --device cuda --batch 256 --repeats 10 \
+    --json "$WORK/bench_int_conv2d_gpu.json"
+}
 
-step "4. GPU test tier"
-par=""
-python3 -c "import xdist" 2>/dev/null && par="-n 8"
-python3 -c "import pytest_timeout" 2>/dev/null && par="$par --timeout 100"
-timeout $(left 130) python3 -m pytest -q $par -p no:cacheprovider -rfE \
-  tests/test_gpu_backends.py tests/test_triton_kernels.py tests/test_triton_int_conv2d.py \
-  tests/test_deploy_gpu.py tests/test_cuda_graph_step.py --junitxml="$WORK/gpu_tests.xml" 2>&1 | tail -60
+run_4() {
+  step "4. GPU test tier"
+  local par=""
+  python3 -c "import xdist" 2>/dev/null && par="-n 8"
+  python3 -c "import pytest_timeout" 2>/dev/null && par="$par --timeout 100"
+  # shellcheck disable=SC2086
+  timeout $(left 130) python3 -m pytest -q $par -p no:cacheprovider -rfEP ${GPU_TESTS:-$ALL_GPU_TESTS} \
+    --junitxml="$WORK/gpu_tests.xml" 2>&1 | grep -v "^\[gw" | tail -80
+}
 
-step "5. bench step: ResNet-18 224 px batch 16"
-timeout $(left 70) python3 -m adadfq_fast bench step --device cuda --model resnet18 --batch 16 --iters 10 \
-  --json "$WORK/bench_step_gpu_resnet18.json"
+run_5() {
+  step "5. bench step: ResNet-18 224 px batch 16"
+  timeout $(left 70) python3 -m adadfq_fast bench step --device cuda --model resnet18 --batch 16 --iters 10 \
+    --json "$WORK/bench_step_gpu_resnet18.json"
+}
 
-step "6. bench ops on the GPU (reference, aten, triton, cuda)"
-timeout $(left 60) python3 -m adadfq_fast bench ops --device cuda --repeats 20 --no-progress --no-compile-reference \
-  --json "$WORK/bench_ops_gpu.json"
+run_6() {
+  step "6. bench ops on the GPU (reference, aten, triton, cuda)"
+  timeout $(left 60) python3 -m adadfq_fast bench ops --device cuda --repeats 20 --no-progress --no-compile-reference \
+    --json "$WORK/bench_ops_gpu.json"
+}
 
-step "7. torch.compile baseline: ResNet-20 CIFAR, integer vs float16 channels_last compiled"
-timeout $(left 90) python3 -m adadfq_fast bench int --device cuda --no-progress --models resnet20_cifar \
-  --batch 256 --repeats 10 --note "gpu_check.sh step 7: with torch.compile." --json "$WORK/bench_int_gpu_compiled.json"
+run_7() {
+  step "7. torch.compile baseline: ResNet-20 CIFAR, integer vs float16 channels_last compiled"
+  timeout $(left 90) python3 -m adadfq_fast bench int --device cuda --no-progress --models resnet20_cifar \
+    --batch 256 --repeats 10 --note "gpu_check.sh step 7: with torch.compile." \
+    --json "$WORK/bench_int_gpu_compiled.json"
+}
+
+ALL_GPU_TESTS="tests/test_gpu_backends.py tests/test_triton_kernels.py tests/test_triton_int_conv2d.py \
+  tests/test_triton_quantize_codes.py tests/test_deploy_gpu.py tests/test_cuda_graph_step.py"
+for n in ${GPU_CHECK_STEPS:-1 2 3 4 5 6 7}; do "run_$n"; done
 
 cp "$WORK"/*.json "$WORK"/*.md "$WORK"/*.xml "$WORK"/gpu_check.log "$RESULTS"/ 2>/dev/null || true
 step "done; results in $WORK and $RESULTS"

@@ -39,10 +39,6 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # The int32 accumulator: |q_w| <= 128 and m <= 255, so K taps stay below 2^31 for K <= 65793 (the design's bound).
 MAX_K = (2**31 - 1) // (128 * 255)
 
-# GEMM tiles. On a GPU: 128 pixels x up to 128 channels, K chunks of 64 (int8 MMA wants K a multiple of 32).
-# Under the interpreter, which pays per program and per loop iteration, larger tiles.
-GPU_TILES = dict(BLOCK_M=128, MAX_BLOCK_N=128, MAX_BLOCK_K=64, MIN_BLOCK_K=32, num_warps=8, num_stages=3)
-INTERPRET_TILES = dict(BLOCK_M=256, MAX_BLOCK_N=128, MAX_BLOCK_K=128, MIN_BLOCK_K=16, num_warps=4, num_stages=1)
 # Direct (one input channel per group) kernel tiles: pixels x channels.
 DW_BLOCK_P, DW_MAX_BLOCK_C = (256, 128) if _INTERPRET else (64, 64)
 
@@ -100,16 +96,16 @@ def _pixels(pid_m, n_pixels, out_h, out_w, BLOCK: tl.constexpr, WIDE: tl.constex
     return pix, pmask, n_idx, oh, ow
 
 
-@triton.jit(do_not_specialize=_VARYING + ["n_blocks_n", "n_chunks"])
+@triton.jit(do_not_specialize=_VARYING + ["n_blocks_n", "n_chunks", "k_real"])
 def _int_conv2d_gemm_kernel(
-    x_ptr, w_ptr, zero_ptr, mult_ptr, bias_ptr, res_ptr, out_ptr,
-    n_pixels, height, width, out_h, out_w, cin_g, cout_g, n_blocks_n, n_chunks, kernel_h, kernel_w,
+    x_ptr, w_ptr, zero_ptr, wsum_ptr, mult_ptr, bias_ptr, res_ptr, out_ptr,
+    n_pixels, height, width, out_h, out_w, cin_g, cout_g, n_blocks_n, n_chunks, kernel_h, kernel_w, k_real,
     xs_n, xs_c, xs_h, xs_w, ws_o, ws_c, ws_h, ws_w,
     rs_n, rs_c, rs_h, rs_w, os_n, os_c, os_h, os_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     residual_scale, out_scale, out_zero, half,
     RESIDUAL: tl.constexpr, RELU: tl.constexpr, REQUANT: tl.constexpr, WIDE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_gn = tl.program_id(1)
@@ -121,10 +117,14 @@ def _int_conv2d_gemm_kernel(
     o = group * cout_g + tl.where(omask, oc, 0)
     kk = tl.arange(0, BLOCK_K)
     c_base = group * cin_g
+    # The box sum comes out of the tensor cores too: a second dot against a [K, 16] tile whose first column is
+    # ones (an MMA needs N >= 16; the other columns are zero). 1/8 of the main dot's work at BLOCK_N = 128,
+    # where a row sum of every x tile on the CUDA cores cost more than the main dot itself.
+    ones = ((tl.arange(0, 16)[None, :] == 0) & (kk[:, None] >= 0)).to(tl.int8)
+    shift = tl.full([BLOCK_M, BLOCK_K], 128, tl.uint8)
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
-    box = tl.zeros([BLOCK_M], dtype=tl.int32)
-    wsum = tl.zeros([BLOCK_N], dtype=tl.int32)
+    box16 = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
     x_pix = x_ptr + n_idx * xs_n
     w_out = w_ptr + o * ws_o
     # One flat K loop over (tap, channel chunk), so the compiler pipelines the loads of every step (num_stages).
@@ -136,16 +136,26 @@ def _int_conv2d_gemm_kernel(
         ih = oh * stride_h - pad_h + r * dil_h
         iw = ow * stride_w - pad_w + s * dil_w
         ok = pmask & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
-        cmask = c < cin_g
-        xm = tl.load((x_pix + ih * xs_h + iw * xs_w)[:, None] + (c_base + c)[None, :] * xs_c,
-                     mask=ok[:, None] & cmask[None, :], other=0)
-        xi = xm.to(tl.int32)
-        box += tl.sum(xi, axis=1)
-        wt = tl.load((w_out + r * ws_h + s * ws_w)[None, :] + c[:, None] * ws_c,
-                     mask=cmask[:, None] & omask[None, :], other=0)
-        wsum += tl.sum(wt.to(tl.int32), axis=0)
-        acc += tl.dot((xi - 128).to(tl.int8), wt, out_dtype=tl.int32)
+        x_ptrs = (x_pix + ih * xs_h + iw * xs_w)[:, None] + (c_base + c)[None, :] * xs_c
+        w_ptrs = (w_out + r * ws_h + s * ws_w)[None, :] + c[:, None] * ws_c
+        if EVEN_K:  # no channel mask: the loads stay 16 bytes wide
+            xm = tl.load(x_ptrs, mask=ok[:, None], other=0)
+            wt = tl.load(w_ptrs, mask=omask[None, :], other=0)
+            ones_k = ones
+        else:
+            cmask = c < cin_g
+            xm = tl.load(x_ptrs, mask=ok[:, None] & cmask[None, :], other=0)
+            wt = tl.load(w_ptrs, mask=cmask[:, None] & omask[None, :], other=0)
+            ones_k = tl.where(cmask[:, None], ones, 0).to(tl.int8)
+        # m - 128 as an int8, by flipping the top bit (exact for every m in [0, 255]; padding m = 0 -> -128).
+        a = (xm ^ shift).to(tl.int8, bitcast=True)
+        acc += tl.dot(a, wt, out_dtype=tl.int32)
+        box16 += tl.dot(a, ones_k, out_dtype=tl.int32)
+    # Undo the shift: sum (m - 128) q = acc - 128 * sum q over the real taps (padding included: m = 0 there);
+    # box = sum (m - 128) + 128 * k_real. wsum[o] = sum of q_w[o] over its k_real taps, from the launcher.
+    wsum = tl.load(wsum_ptr + o, mask=omask, other=0)
     acc += 128 * wsum[None, :]
+    box = tl.sum(box16, axis=1) + 128 * k_real
     # int64: z_w * box may exceed int32 where acc does not (the reference sums in int64 too).
     z = tl.load(zero_ptr + o, mask=omask, other=0).to(tl.int64)
     total = acc.to(tl.int64) + z[None, :] * box.to(tl.int64)[:, None]
@@ -274,17 +284,86 @@ def int_conv2d(
         return out
     # Input channels contiguous in the weight (the loop's K order): coalesced weight tiles on a GPU.
     weight = weight.contiguous(memory_format=torch.channels_last)
-    t = INTERPRET_TILES if _INTERPRET else GPU_TILES
-    block_n = min(max(next_pow2(cout_g), 16), t["MAX_BLOCK_N"])
-    block_k = min(max(next_pow2(cg), t["MIN_BLOCK_K"]), t["MAX_BLOCK_K"])
-    n_blocks_n = triton.cdiv(cout_g, block_n)
-    grid = (triton.cdiv(n_pixels, t["BLOCK_M"]), n_blocks_n * groups)
-    _int_conv2d_gemm_kernel[grid](
-        x, weight, weight_zero, out_mult, out_bias, res, out,
-        n_pixels, h, w, ho, wo, cg, cout_g, n_blocks_n, triton.cdiv(cg, block_k), kh, kw,
-        x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-        weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3),
-        *common, **flags, BLOCK_M=t["BLOCK_M"], BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=t["num_warps"], num_stages=t["num_stages"], enable_fp_fusion=False,
-    )
+    # Sum of each output channel's weight levels (one small reduction per call; it undoes the kernel's m - 128).
+    wsum = weight.sum(dim=(1, 2, 3), dtype=torch.int32)
+    args = (x, weight, weight_zero, wsum, out_mult, out_bias, res, out, n_pixels, h, w, ho, wo, cg, cout_g)
+    tail = (kh, kw, cg * kh * kw,
+            x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+            weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3), *common)
+
+    def launch(config):
+        block_m, block_n, block_k, num_warps, num_stages = config
+        n_blocks_n = triton.cdiv(cout_g, block_n)
+        grid = (triton.cdiv(n_pixels, block_m), n_blocks_n * groups)
+        _int_conv2d_gemm_kernel[grid](
+            *args, n_blocks_n, triton.cdiv(cg, block_k), *tail, **flags, EVEN_K=cg % block_k == 0,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages,
+            enable_fp_fusion=False,
+        )
+
+    if _INTERPRET:
+        launch(fit_config(INTERPRET_CONFIG, cg, cout_g, INTERPRET_MIN_BLOCK_K))
+        return out
+    key = (x.device, n_pixels, cg, cout_g, groups, kh, kw, sh, sw, dh, dw, res_kind, bool(relu), out_bits > 0, wide)
+    launch(tuned_config(key, launch, GPU_CONFIGS, cg, cout_g, GPU_MIN_BLOCK_K))
     return out
+
+
+# Tile configurations (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). On a GPU the launcher times each that fits
+# the layer on its first call with a new shape and keeps the fastest (no timing inside a CUDA-graph capture, or
+# with ADADFQ_TRITON_TUNE=0: then the first one). Several, because one tile cannot suit both ResNet-18's
+# 56 x 56 x 64 layers (many pixels, few channels) and its 7 x 7 x 512 ones (few pixels, many channels).
+GPU_CONFIGS = [
+    (128, 128, 64, 8, 3),
+    (128, 128, 128, 8, 3),
+    (128, 256, 64, 8, 3),
+    (256, 128, 64, 8, 3),
+    (128, 64, 64, 4, 4),
+]
+GPU_MIN_BLOCK_K = 32  # int8 MMA wants K a multiple of 32
+# The interpreter pays per program and per loop iteration: large tiles, one stage.
+INTERPRET_CONFIG = (256, 128, 128, 4, 1)
+INTERPRET_MIN_BLOCK_K = 16
+TUNE_REPEATS = 5
+_TUNED: dict = {}
+
+
+def tuned_tiles() -> list:
+    """What the tuning chose so far: one dict per shape key (for benchmark reports)."""
+    names = ("device", "n_pixels", "cin_g", "cout_g", "groups", "kh", "kw", "sh", "sw", "dh", "dw", "residual",
+             "relu", "requant", "wide")
+    return [dict(zip(names, map(str, key)), tile=list(config)) for key, config in _TUNED.items()]
+
+
+def fit_config(config, cin_g: int, cout_g: int, min_block_k: int):
+    """Shrink a tile's N and K to the layer (no wider than the next power of two of its channels)."""
+    block_m, block_n, block_k, num_warps, num_stages = config
+    block_n = min(block_n, max(next_pow2(cout_g), 16))
+    block_k = min(block_k, max(next_pow2(cin_g), min_block_k))
+    return block_m, block_n, block_k, num_warps, num_stages
+
+
+def time_launch(launch, config) -> float:
+    """Milliseconds per launch of ``config`` (CUDA events, after one launch that compiles and warms up)."""
+    launch(config)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(TUNE_REPEATS):
+        launch(config)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / TUNE_REPEATS
+
+
+def tuned_config(key, launch, configs, cin_g: int, cout_g: int, min_block_k: int):
+    """The fastest of ``configs`` (fitted to the layer) for ``key``, timed once per key with CUDA events."""
+    if key in _TUNED:
+        return _TUNED[key]
+    candidates = list(dict.fromkeys(fit_config(c, cin_g, cout_g, min_block_k) for c in configs))
+    if (len(candidates) == 1 or os.environ.get("ADADFQ_TRITON_TUNE", "1") == "0"
+            or torch.cuda.is_current_stream_capturing()):
+        return candidates[0]  # not remembered: a later call outside the capture still tunes
+    times = {config: time_launch(launch, config) for config in candidates}
+    best = min(times, key=times.get)
+    _TUNED[key] = best
+    return best

@@ -34,14 +34,25 @@ def test_refuses_faithful_and_distributed_hooks(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_captured_run_matches_eager_on_gpu(tmp_path):
+    """Two eager runs measure the GPU's own run-to-run noise (atomics in cuDNN's weight gradients and in the
+    embedding backward make eager runs differ; Adam turns such noise on near-zero gradients into lr-sized steps);
+    the captured run must stay within that noise of the eager one. Where eager is deterministic, that is 1e-6.
+    Every run uses capturable Adam, as CudaGraphStep makes G's optimiser, so the update math is the same."""
     runs = {}
-    for capture in ("none", "cuda_graph"):
-        tr = _trainer(tmp_path / capture, capture=capture, device="cuda", epochs=3, iters_per_epoch=6)
+    for name, capture in (("eager_a", "none"), ("eager_b", "none"), ("captured", "cuda_graph")):
+        tr = _trainer(tmp_path / name, capture=capture, device="cuda", epochs=3, iters_per_epoch=6)
+        for group in tr.opt_g.param_groups:
+            group["capturable"] = True
         tr.fit()
-        runs[capture] = (tr, _params(tr))
-    assert runs["cuda_graph"][0].run_step.captured
-    # Same kernels in the same order: replaying the recorded iteration must give the eager parameters.
-    for a, b in zip(runs["none"][1], runs["cuda_graph"][1]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    h = runs["cuda_graph"][0].history
+        runs[name] = (tr, _params(tr))
+    assert runs["captured"][0].run_step.captured
+
+    def max_diff(x, y):
+        return max(float((a - b).abs().max()) for a, b in zip(runs[x][1], runs[y][1]))
+
+    noise, captured = max_diff("eager_a", "eager_b"), max_diff("eager_a", "captured")
+    print(f"max |eager_a - eager_b| = {noise:.3g}, max |eager_a - captured| = {captured:.3g}")
+    assert captured <= 2 * noise + 1e-6, (
+        f"captured run differs from eager by {captured:.3g}, beyond the eager run-to-run noise {noise:.3g}")
+    h = runs["captured"][0].history
     assert all(torch.isfinite(torch.tensor(r["loss_g"])) for r in h)

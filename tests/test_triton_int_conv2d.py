@@ -135,11 +135,8 @@ def test_extremes_and_large_zero_point_products():
 
 def test_multiple_blocks(monkeypatch):
     """Several pixel blocks, output-channel blocks and K chunks, with ragged tails of each."""
-    monkeypatch.setitem(mod.INTERPRET_TILES, "BLOCK_M", 64)
-    monkeypatch.setitem(mod.INTERPRET_TILES, "MAX_BLOCK_N", 16)
-    monkeypatch.setitem(mod.INTERPRET_TILES, "MAX_BLOCK_K", 16)
-    monkeypatch.setitem(mod.GPU_TILES, "MAX_BLOCK_N", 16)
-    monkeypatch.setitem(mod.GPU_TILES, "MAX_BLOCK_K", 32)
+    monkeypatch.setattr(mod, "INTERPRET_CONFIG", (64, 16, 16, 4, 1))
+    monkeypatch.setattr(mod, "GPU_CONFIGS", [(64, 16, 32, 4, 2)])
     x = _codes((2, 40, 7, 9)).contiguous(memory_format=torch.channels_last)
     q, z = _weights(36, 20, 3, 3)
     mult, bias = _epilogue(36)
@@ -150,6 +147,32 @@ def test_multiple_blocks(monkeypatch):
     xd = _codes((2, 40, 6, 6)).contiguous(memory_format=torch.channels_last)
     qd, zd = _weights(40, 1, 3, 3)
     _run(xd, qd, zd, 1, 1, 1, 40, mult[:1].repeat(40), bias[:1].repeat(40))
+
+
+def test_tile_tuning_picks_the_fastest_and_remembers(monkeypatch):
+    """The launcher's tile choice (used on a GPU): candidates fitted to the layer and deduplicated, the fastest
+    kept per shape key, no timing while a CUDA graph is being captured or with ADADFQ_TRITON_TUNE=0."""
+    configs = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4)]
+    # 16 output channels: both 128- and 256-wide tiles shrink to 16, so the first two are one candidate.
+    assert mod.fit_config(configs[1], 48, 16, 32) == (128, 16, 64, 8, 3)
+    timed = []
+    fake_ms = {(128, 16, 64, 8, 3): 2.0, (64, 16, 64, 4, 4): 1.0}
+
+    def fake_time(launch, config):
+        timed.append(config)
+        return fake_ms[config]
+
+    monkeypatch.setattr(mod, "time_launch", fake_time)
+    monkeypatch.setattr(mod, "_TUNED", {})
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert mod.tuned_config("k", None, configs, 48, 16, 32) == (64, 16, 64, 4, 4)
+    assert timed == [(128, 16, 64, 8, 3), (64, 16, 64, 4, 4)]
+    assert mod.tuned_config("k", None, configs, 48, 16, 32) == (64, 16, 64, 4, 4) and len(timed) == 2
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert mod.tuned_config("other", None, configs, 48, 16, 32) == (128, 16, 64, 8, 3) and len(timed) == 2
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setenv("ADADFQ_TRITON_TUNE", "0")
+    assert mod.tuned_config("other", None, configs, 48, 16, 32) == (128, 16, 64, 8, 3) and len(timed) == 2
 
 
 def test_non_contiguous_inputs():
@@ -199,8 +222,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 m = importlib.import_module("adadfq_fast.kernels.int_conv2d")
 assert not m._INTERPRET
-PTRS = {"x_ptr": "*u8", "w_ptr": "*i8", "zero_ptr": "*i32", "mult_ptr": "*fp32", "bias_ptr": "*fp32"}
-CONSTS = {"RESIDUAL", "RELU", "REQUANT", "WIDE", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_P", "BLOCK_C"}
+PTRS = {"x_ptr": "*u8", "w_ptr": "*i8", "zero_ptr": "*i32", "wsum_ptr": "*i32", "mult_ptr": "*fp32",
+        "bias_ptr": "*fp32"}
+CONSTS = {"RESIDUAL", "RELU", "REQUANT", "WIDE", "EVEN_K", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_P", "BLOCK_C"}
 def build(kernel, res_ty, out_ty, consts, opts):
     names = kernel.arg_names
     sig = {}
@@ -213,10 +237,10 @@ def build(kernel, res_ty, out_ty, consts, opts):
         else: sig[n] = "i32"
     src = ASTSource(fn=kernel, signature=sig, constexprs={(names.index(a),): v for a, v in consts.items()})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(enable_fp_fusion=False, **opts))
-t = m.GPU_TILES
+bm, bn, bk, warps, stages = m.GPU_CONFIGS[0]
 gemm = build(m._int_conv2d_gemm_kernel, "*u8", "*u8",
-             dict(RESIDUAL=2, RELU=True, REQUANT=True, WIDE=False, BLOCK_M=t["BLOCK_M"], BLOCK_N=t["MAX_BLOCK_N"],
-                  BLOCK_K=t["MAX_BLOCK_K"]), dict(num_warps=t["num_warps"], num_stages=t["num_stages"]))
+             dict(RESIDUAL=2, RELU=True, REQUANT=True, WIDE=False, EVEN_K=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk),
+             dict(num_warps=warps, num_stages=stages))
 ptx = gemm.asm["ptx"]
 assert re.search(r"wgmma\.mma_async\S*\.s32\.s8\.s8", ptx), "no int8 wgmma in the GEMM kernel"
 assert "fma.rn.f32" not in ptx, "a multiply-add was contracted (the epilogue must round each step)"

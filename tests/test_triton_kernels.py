@@ -50,12 +50,13 @@ def dev(t):
     return t.to(DEVICE)
 
 
-def assert_grad_close(actual, expected, dtype):
-    """Gradients: relative error per element, with an absolute floor scaled to the tensor's largest entry."""
+def assert_grad_close(actual, expected, dtype, atol=0.0):
+    """Gradients: relative error per element, with an absolute floor scaled to the tensor's largest entry (or
+    ``atol`` where the caller knows the problem's own float32 conditioning is worse)."""
     assert actual.dtype == expected.dtype == dtype
     a, e = actual.float().cpu(), expected.float().cpu()
     scale = float(e.abs().max()) if e.numel() else 0.0
-    torch.testing.assert_close(a, e, rtol=ELEM_RTOL[dtype], atol=max(2e-5 * scale, TINY[dtype]))
+    torch.testing.assert_close(a, e, rtol=ELEM_RTOL[dtype], atol=max(2e-5 * scale, TINY[dtype], atol))
 
 
 def assert_exact(actual, expected, msg=""):
@@ -437,7 +438,16 @@ def test_student_loss(dtype, shape):
         torch.testing.assert_close(loss.cpu(), r_loss.cpu(), **RED)
         grad = dev(torch.tensor(0.9))
         gs = K.student_loss_backward(grad, t, s, rs, temperature)
-        assert_grad_close(gs, ref.student_loss_backward(grad, t, s, r_rs, temperature), dtype)
+        # Truth from float64. The gradient -p (log p + H) cancels where p is nearly one-hot (log p ~ -H ~ 0): a
+        # float32 log p = d - lse carries an absolute error of ~eps32 * |d|, so that much (times the factors) is
+        # the conditioning of the problem, not of the kernel. Seen on an H200: the float32 reference was 1.4% off
+        # in such an element, the kernel exact.
+        t64, s64 = t.double(), s.double()
+        want = ref.student_loss_backward(grad.double(), t64, s64, ref.student_loss_forward(t64, s64, temperature)[1],
+                                         temperature).to(dtype)
+        d_max = float(((t64 - s64) / temperature).abs().max())
+        cond = 0.9 * temperature / shape[0] * torch.finfo(torch.float32).eps * (2 * d_max + 1)
+        assert_grad_close(gs, want, dtype, atol=cond)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

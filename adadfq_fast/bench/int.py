@@ -133,13 +133,16 @@ def profile_layers(model, x: torch.Tensor, repeats: int = 5) -> List[Dict]:
     kernel = _backend.kernel_for("int_conv2d", x.device)
     x = x.contiguous(memory_format=torch.channels_last)  # as IntegerModel.forward hands it to the first layer
     samples = [[] for _ in model.layers]
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # a GPU layer is timed to its last kernel
     with torch.no_grad():
         for it in range(repeats + 1):
             regs = [None] * model.num_registers
             regs[0] = x
             for i, run in enumerate(model._runners):
+                sync()
                 t0 = time.perf_counter()
                 run(regs, kernel)
+                sync()
                 if it:
                     samples[i].append((time.perf_counter() - t0) * 1e3)
     lines = model.summary()
@@ -222,8 +225,15 @@ def markdown(data: Dict) -> str:
     out += ["", "Batch-1 latency ratio integer / fp32: " + ", ".join(
         f"{r['model']} ({r['threads']} thr) {r['ms']['integer'] / r['fp32_best_ms']:.2f}"
         for r in data["records"] if r["batch"] == 1)]
-    out += ["", "## Where the integer model's time goes (per layer, median ms)", ""]
-    for key, rows in data["profiles"].items():
+    out += _profile_lines(data["profiles"])
+    return "\n".join(out) + "\n"
+
+
+def _profile_lines(profiles: Dict) -> List[str]:
+    if not profiles:
+        return []
+    out = ["", "## Where the integer model's time goes (per layer, median ms)", ""]
+    for key, rows in profiles.items():
         total = sum(r["ms"] for r in rows)
         first = rows[0]["ms"]
         head = rows[-1]["ms"]
@@ -233,7 +243,7 @@ def markdown(data: Dict) -> str:
         out.append(f"* {key}: sum of layers {total:.2f} ms = first (float) conv {first:.2f} + integer convs "
                    f"{convs:.2f} + head {head:.2f} + other {other:.2f}; largest: "
                    + "; ".join(f"`{t['layer']}` {t['ms']:.2f}" for t in top))
-    return "\n".join(out) + "\n"
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,6 +274,15 @@ def time_variants_cuda(fns: Dict[str, Callable[[], object]], repeats: int = 30, 
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def triton_tiles() -> List[Dict]:
+    """The int_conv2d tiles the Triton launcher's tuning picked so far (empty without Triton)."""
+    try:
+        from adadfq_fast.kernels.int_conv2d import tuned_tiles
+    except Exception:  # noqa: BLE001 - no Triton: nothing was tuned
+        return []
+    return tuned_tiles()
+
+
 def _with_backend(backend: str, model, x):
     from adadfq_fast import use_backend
 
@@ -273,7 +292,7 @@ def _with_backend(backend: str, model, x):
 
 def run_bench_cuda(names: Sequence[str], repeats: int, batch_override: Optional[int], compile_models: Sequence[str],
                    progress: bool = True, on_record: Optional[Callable[[Dict], None]] = None,
-                   device: str = "cuda") -> Dict:
+                   device: str = "cuda", profiles: Optional[Dict] = None) -> Dict:
     """Per model and batch (1, then the throughput batch): median ms of
 
     * ``integer``: the exported W4A4 integer model on cuda, eager (the backend ``auto`` picks on cuda);
@@ -291,6 +310,7 @@ def run_bench_cuda(names: Sequence[str], repeats: int, batch_override: Optional[
     dev = torch.device(device)
     on_gpu = dev.type == "cuda"
     results = []
+    profiles: Dict = {} if profiles is None else profiles
     for name in names:
         zoo, cin, size, classes, _ = MODELS[name]
         big = batch_override or 256
@@ -343,6 +363,8 @@ def run_bench_cuda(names: Sequence[str], repeats: int, batch_override: Optional[
                    "compiled": name in compile_models, "compile_error": compile_error, **extra}
             if "integer_cuda_graph" in times:
                 rec["integer_cuda_graph_vs_fp16"] = times["fp16_channels_last"] / times["integer_cuda_graph"]
+            if batch > 1:  # where the time goes: each layer timed alone (synchronised), auto backend
+                profiles[f"{name}_b{batch}_{device}"] = profile_layers(integer, x, repeats=3)
             results.append(rec)
             if on_record is not None:
                 on_record(rec)
@@ -352,7 +374,7 @@ def run_bench_cuda(names: Sequence[str], repeats: int, batch_override: Optional[
             torch.cuda.empty_cache()
         if progress:
             print(f"[{name}] done", flush=True)
-    return {"records": results, "profiles": {}}
+    return {"records": results, "profiles": profiles}
 
 
 def environment_cuda() -> Dict:
@@ -398,6 +420,7 @@ def markdown_cuda(data: Dict) -> str:
             out.append(f"\nCUDA-graph capture failed on {r['model']}: {r['cuda_graph_error']}")
         if r.get("compile_error"):
             out.append(f"\ntorch.compile failed on {r['model']}: {r['compile_error']}")
+    out += _profile_lines(data.get("profiles", {}))
     return "\n".join(out) + "\n"
 
 
@@ -455,10 +478,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         def save_partial(rec: Dict) -> None:  # a run cut short by a timeout still leaves what it measured
             data["records"].append(rec)
+            data["triton_tiles"] = triton_tiles()
             _write(data, args.json, md_path, markdown_cuda(data))
 
         run_bench_cuda(names, args.repeats, args.batch, compile_models, progress=not args.no_progress,
-                       on_record=save_partial)
+                       on_record=save_partial, profiles=data["profiles"])
         return _report(data, args.json, md_path, markdown_cuda(data))
     data = {"records": [], "profiles": {}}
     for threads in args.threads or [torch.get_num_threads()]:

@@ -106,6 +106,15 @@ class _IntConv:
                                 self.res_scale, *self.tail)
 
 
+def _fused_codes_kernel(y: Tensor) -> Optional[Callable]:
+    """The one-pass Triton codes kernel for CUDA tensors when Triton runs there, else None (PyTorch steps)."""
+    if not y.is_cuda or _backend.why_unavailable("triton", "cuda") is not None:
+        return None
+    from adadfq_fast.kernels.quantize_codes import quantize_codes
+
+    return quantize_codes
+
+
 class _FloatConv:
     """A conv in float32 with the dequantized weights (input image, or an input that is not uint8 codes).
 
@@ -161,13 +170,17 @@ class _FloatConv:
         if self.res is not None:
             r = regs[self.res]
             y = y + (r.to(torch.float32) / self.res_scale if self.res_codes else r)
-        if self.relu:
-            y = torch.relu_(y)
-        if self.out_bits == 0:
-            regs[self.out] = y
-            return
-        # The QuantAct's float32 steps (s*y, then - zp, round half to even, clamp), then the code q + zp.
-        codes = _quantize_codes(y.mul_(self.scale).sub_(self.zero), self.q_lo, self.q_hi, self.zero)
+        fused = _fused_codes_kernel(y) if self.out_bits else None
+        if fused is not None:  # ReLU + the QuantAct's steps in one pass on the GPU (bit-identical, see the kernel)
+            codes = fused(y, self.scale, self.zero, self.out_bits, self.relu)
+        else:
+            if self.relu:
+                y = torch.relu_(y)
+            if self.out_bits == 0:
+                regs[self.out] = y
+                return
+            # The QuantAct's float32 steps (s*y, then - zp, round half to even, clamp), then the code q + zp.
+            codes = _quantize_codes(y.mul_(self.scale).sub_(self.zero), self.q_lo, self.q_hi, self.zero)
         regs[self.out] = codes if codes.is_contiguous(memory_format=torch.channels_last) else \
             codes.contiguous(memory_format=torch.channels_last)
 
