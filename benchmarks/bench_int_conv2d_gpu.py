@@ -41,6 +41,22 @@ def _inputs(batch, c, h, o, k, device):
     return x, q, z, mult, bias
 
 
+def _profile(args) -> int:
+    shape = {s[0]: s for s in RESNET18}.get(args.profile)
+    if shape is None:
+        raise SystemExit(f"--profile: unknown layer {args.profile!r}; known: {', '.join(s[0] for s in RESNET18)}")
+    _, c, h, o, k, stride, _ = shape
+    backend = (args.backends or ["triton"])[0]
+    x, q, z, mult, bias = _inputs(args.batch, c, h, o, k, args.device)
+    with adadfq_fast.use_backend(backend):
+        for _ in range(3):
+            adadfq_fast.int_conv2d(x, q, z, stride, k // 2, out_mult=mult, out_bias=bias, **EPILOGUE)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    print(f"launched {backend} int_conv2d for {args.profile} (batch {args.batch}) 3 times")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -49,7 +65,12 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     p.add_argument("--backends", nargs="*", default=None, help="default: triton and cuda where available")
     p.add_argument("--json", default=None)
+    p.add_argument("--profile", default=None, metavar="LAYER",
+                   help="no timing: launch LAYER's int_conv2d (first of --backends) 3 times, for a profiler such as "
+                        "ncu --launch-skip 2 --launch-count 1 (set ADADFQ_TRITON_TUNE=0: no tuning launches)")
     args = p.parse_args(argv)
+    if args.profile:
+        return _profile(args)
     dev = args.device
     impls = _backend._KERNELS.get("int_conv2d", {})
     wanted = args.backends or ["triton", "cuda"]

@@ -11,7 +11,8 @@
 #   3. int_conv2d per ResNet-18 layer: triton and cuda vs cuDNN float16, bit-exactness checked first;
 #   4. the GPU test tier (cuda + triton backends vs reference, CUDA graph capture, integer model), in parallel
 #      workers when pytest-xdist is there (the Triton compiles are CPU-bound);
-#   5. bench step ResNet-18 224 px batch 16; 6. bench ops on the GPU; 7. torch.compile baselines for ResNet-20.
+#   5. bench step ResNet-18 224 px batch 16; 6. bench ops on the GPU; 7. torch.compile baselines for ResNet-20;
+#   8. (not by default) ncu on the Triton int_conv2d.
 # GPU_CHECK_STEPS picks steps and their order (default "1 2 3 4 5 6 7"); GPU_TESTS replaces step 4's test list
 # (pytest arguments).
 # Everything lands in $GPU_CHECK_DIR (default /tmp/adadfq_gpu_check) and is copied to benchmarks/results/; where
@@ -104,10 +105,22 @@ run_7() {
     --json "$WORK/bench_int_gpu_compiled.json"
 }
 
+run_8() {
+  step "8. ncu on the Triton int_conv2d (ResNet-18 l1.conv3x3 and l2.proj1x1/2, batch 256): where its time goes"
+  if ! command -v ncu >/dev/null; then echo "ncu not on PATH: skipped"; return; fi
+  for layer in l1.conv3x3 l2.proj1x1/2; do
+    ADADFQ_TRITON_TUNE=0 timeout $(left 45) ncu --clock-control none -k regex:int_conv2d_gemm --launch-skip 2 \
+      --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      python3 benchmarks/bench_int_conv2d_gpu.py --device cuda --backends triton --profile "$layer" \
+      > "$WORK/ncu_int_conv2d_${layer//\//_}.txt" 2>&1
+    tail -60 "$WORK/ncu_int_conv2d_${layer//\//_}.txt"
+  done
+}
+
 ALL_GPU_TESTS="tests/test_gpu_backends.py tests/test_triton_kernels.py tests/test_triton_int_conv2d.py \
   tests/test_triton_quantize_codes.py tests/test_deploy_gpu.py tests/test_cuda_graph_step.py"
 for n in ${GPU_CHECK_STEPS:-1 2 3 4 5 6 7}; do "run_$n"; done
 
-cp "$WORK"/*.json "$WORK"/*.md "$WORK"/*.xml "$WORK"/gpu_check.log "$RESULTS"/ 2>/dev/null || true
+cp "$WORK"/*.json "$WORK"/*.md "$WORK"/*.xml "$WORK"/*.txt "$WORK"/gpu_check.log "$RESULTS"/ 2>/dev/null || true
 step "done; results in $WORK and $RESULTS"
 pack

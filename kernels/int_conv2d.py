@@ -25,6 +25,7 @@ is not already. The output follows x: channels_last when x is, else contiguous.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import List, Optional
 
 import torch
@@ -105,7 +106,8 @@ def _int_conv2d_gemm_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     residual_scale, out_scale, out_zero, half,
     RESIDUAL: tl.constexpr, RELU: tl.constexpr, REQUANT: tl.constexpr, WIDE: tl.constexpr,
-    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, EXACT32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_gn = tl.program_id(1)
@@ -156,9 +158,15 @@ def _int_conv2d_gemm_kernel(
     wsum = tl.load(wsum_ptr + o, mask=omask, other=0)
     acc += 128 * wsum[None, :]
     box = tl.sum(box16, axis=1) + 128 * k_real
-    # int64: z_w * box may exceed int32 where acc does not (the reference sums in int64 too).
-    z = tl.load(zero_ptr + o, mask=omask, other=0).to(tl.int64)
-    total = acc.to(tl.int64) + z[None, :] * box.to(tl.int64)[:, None]
+    z = tl.load(zero_ptr + o, mask=omask, other=0)
+    if EXACT32:
+        # The launcher checked |acc + z_w * box| < 2^31 for every output: int32 arithmetic, which wraps in the
+        # partial product and is still exact in the sum, and an exact int32 -> float32 rounding. Half the
+        # registers of int64 (which spilled to local memory at every tile size; seen in the sm_90 compile).
+        total = acc + z[None, :] * box[:, None]
+    else:
+        # int64: z_w * box may exceed int32 where acc does not (the reference sums in int64 too).
+        total = acc.to(tl.int64) + z.to(tl.int64)[None, :] * box.to(tl.int64)[:, None]
     _epilogue_store(
         total, n_idx, oh, ow, pmask, o, omask, mult_ptr, bias_ptr, res_ptr, out_ptr,
         rs_n, rs_c, rs_h, rs_w, os_n, os_c, os_h, os_w, residual_scale, out_scale, out_zero, half,
@@ -256,6 +264,7 @@ def int_conv2d(
                       memory_format=fmt)
     if out.numel() == 0:
         return out
+    zero_arg = weight_zero  # the caller's tensor object: the key of the zero-point bound cache
     weight_zero = weight_zero.reshape(-1).contiguous()
     out_mult = out_mult.reshape(-1).contiguous()
     out_bias = out_bias.reshape(-1).contiguous()
@@ -286,6 +295,7 @@ def int_conv2d(
     weight = weight.contiguous(memory_format=torch.channels_last)
     # Sum of each output channel's weight levels (one small reduction per call; it undoes the kernel's m - 128).
     wsum = weight.sum(dim=(1, 2, 3), dtype=torch.int32)
+    exact32 = int32_total_is_exact(zero_arg, cg * kh * kw)
     args = (x, weight, weight_zero, wsum, out_mult, out_bias, res, out, n_pixels, h, w, ho, wo, cg, cout_g)
     tail = (kh, kw, cg * kh * kw,
             x.stride(0), x.stride(1), x.stride(2), x.stride(3),
@@ -296,7 +306,7 @@ def int_conv2d(
         n_blocks_n = triton.cdiv(cout_g, block_n)
         grid = (triton.cdiv(n_pixels, block_m), n_blocks_n * groups)
         _int_conv2d_gemm_kernel[grid](
-            *args, n_blocks_n, triton.cdiv(cg, block_k), *tail, **flags, EVEN_K=cg % block_k == 0,
+            *args, n_blocks_n, triton.cdiv(cg, block_k), *tail, **flags, EVEN_K=cg % block_k == 0, EXACT32=exact32,
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages,
             enable_fp_fusion=False,
         )
@@ -326,6 +336,29 @@ INTERPRET_CONFIG = (256, 128, 128, 4, 1)
 INTERPRET_MIN_BLOCK_K = 16
 TUNE_REPEATS = 5
 _TUNED: dict = {}
+
+
+# max |z_w| per weight_zero tensor: id -> (weak reference, tensor version, bound). Reading it is a host
+# synchronisation, so it happens once per tensor (an integer model passes the same tensors at every call).
+_ZERO_BOUND: dict = {}
+
+
+def int32_total_is_exact(weight_zero: torch.Tensor, k_real: int) -> bool:
+    """Whether acc + z_w * box fits int32 for every possible input: |m| <= 255, |q_w| <= 128, k_real taps, so
+    |acc + z_w * box| <= 255 * k_real * (128 + max |z_w|). Unknown bound inside a CUDA-graph capture (no host
+    read possible there): False, the int64 path, which is always exact."""
+    hit = _ZERO_BOUND.get(id(weight_zero))
+    if hit is not None and hit[0]() is weight_zero and hit[1] == weight_zero._version:
+        z_max = hit[2]
+    elif weight_zero.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
+    else:
+        z_max = int(weight_zero.abs().max()) if weight_zero.numel() else 0
+        if len(_ZERO_BOUND) > 4096:  # drop the entries of tensors that are gone
+            for key in [k for k, v in _ZERO_BOUND.items() if v[0]() is None]:
+                del _ZERO_BOUND[key]
+        _ZERO_BOUND[id(weight_zero)] = (weakref.ref(weight_zero), weight_zero._version, z_max)
+    return 255 * k_real * (128 + z_max) < 2**31
 
 
 def tuned_tiles() -> list:

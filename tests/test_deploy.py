@@ -368,6 +368,21 @@ def test_pytorchcv_models(name):
     with torch.no_grad():
         ref, out = q(x), im(x)
     assert (ref.argmax(1) == out.argmax(1)).all()
+    if name == "resnet18":  # the max pool fused into the float first conv: the same codes as pooling the codes
+        assert im._runners[1].fused and im._runners[0].pool is not None
+        unfused = copy.deepcopy(im)
+        unfused.FUSE_FLOAT_POOL = False
+        unfused._build()
+        assert not unfused._runners[1].fused
+        regs = {}
+        for model in (im, unfused):
+            r = [None] * model.num_registers
+            r[0] = x.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                for run in model._runners[:2]:
+                    run(r, None)
+            regs[model is im] = r[model.layers[1].cfg["out"]]
+        assert regs[True].dtype == torch.uint8 and torch.equal(regs[True], regs[False])
     assert (out - ref).abs().mean() <= 0.05 * ref.std()
 
 

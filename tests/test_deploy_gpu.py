@@ -153,3 +153,27 @@ def test_cuda_model_agrees_with_cpu(int_model, backend):
     close = torch.isclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max())).all(dim=1)
     assert close.float().mean() >= 0.9, f"only {int(close.sum())}/64 images with the CPU logits"
     assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.95
+
+
+def test_cuda_auto_picks_triton_for_big_3x3_convs_only(monkeypatch):
+    """``auto`` on CUDA: Triton for 3x3 convs of >= TRITON_MIN_MACS multiply-adds, the CUDA kernel otherwise (here
+    with stand-in kernels that record the call: the rule itself needs no GPU)."""
+    from adadfq_fast.deploy import modules
+
+    calls = []
+    fake = {b: (lambda *a, b=b: calls.append(b)) for b in ("triton", "cuda")}
+    monkeypatch.setitem(_backend._KERNELS, "int_conv2d", {**_backend._KERNELS["int_conv2d"], **fake})
+    epilogue = (None,) * 8
+
+    def run(batch, hw, cin, cout, k, stride):
+        x = torch.empty(batch, cin, hw, hw, dtype=torch.uint8, device="meta")
+        w = torch.empty(cout, cin, k, k, dtype=torch.int8, device="meta")
+        modules.cuda_auto_int_conv2d(x, w, None, [stride, stride], [k // 2] * 2, [1, 1], 1, *epilogue)
+        return calls[-1]
+
+    assert run(256, 56, 64, 64, 3, 1) == "triton"   # ResNet-18 stage 1 at batch 256: 29.6 G MACs
+    assert run(256, 56, 64, 128, 1, 2) == "cuda"    # its 1x1 projection
+    assert run(1, 56, 64, 64, 3, 1) == "cuda"       # batch 1
+    assert run(256, 32, 16, 16, 3, 1) == "cuda"     # ResNet-20 at batch 256: 0.6 G MACs
+    m = export(make_q(3, 32, 4, calib_batch=16))
+    assert m.conv_kernel(torch.device("cpu")) is _backend.kernel_for("int_conv2d", torch.device("cpu"))

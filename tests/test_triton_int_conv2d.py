@@ -149,6 +149,23 @@ def test_multiple_blocks(monkeypatch):
     _run(xd, qd, zd, 1, 1, 1, 40, mult[:1].repeat(40), bias[:1].repeat(40))
 
 
+def test_int64_epilogue_where_int32_could_overflow():
+    """|z_w| = 20000 with 576 taps: z_w * box reaches 2.9e9 > 2^31, so the launcher must take the int64 epilogue
+    (and it must be exact); the usual zero points keep the int32 one. The bound is read once per tensor."""
+    x = torch.full((1, 64, 5, 5), 255, dtype=torch.uint8, device=DEVICE)
+    x[0, :, 0, 0] = 7
+    q = torch.randint(-128, 128, (16, 64, 3, 3), dtype=torch.int8, device=DEVICE)
+    z = torch.tensor([20000, -20000, 3, 0] * 4, dtype=torch.int32, device=DEVICE)
+    assert not mod.int32_total_is_exact(z, 64 * 9)
+    small = torch.tensor([128, -127] * 8, dtype=torch.int32, device=DEVICE)
+    assert mod.int32_total_is_exact(small, 64 * 9)
+    small[0] = 30000  # an in-place change bumps the version: the bound is read again
+    assert not mod.int32_total_is_exact(small, 64 * 9)
+    mult, bias = _epilogue(16)
+    _run(x, q, z, 1, 1, 1, 1, mult * 1e-4, bias)
+    _run(x, q, z, 1, 1, 1, 1, mult * 1e-4, bias, relu=True, out_bits=8, out_scale=0.05, out_zero=128.0)
+
+
 def test_tile_tuning_picks_the_fastest_and_remembers(monkeypatch):
     """The launcher's tile choice (used on a GPU): candidates fitted to the layer and deduplicated, the fastest
     kept per shape key, no timing while a CUDA graph is being captured or with ADADFQ_TRITON_TUNE=0."""
@@ -224,7 +241,7 @@ m = importlib.import_module("adadfq_fast.kernels.int_conv2d")
 assert not m._INTERPRET
 PTRS = {"x_ptr": "*u8", "w_ptr": "*i8", "zero_ptr": "*i32", "wsum_ptr": "*i32", "mult_ptr": "*fp32",
         "bias_ptr": "*fp32"}
-CONSTS = {"RESIDUAL", "RELU", "REQUANT", "WIDE", "EVEN_K", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_P", "BLOCK_C"}
+CONSTS = {"RESIDUAL", "RELU", "REQUANT", "WIDE", "EVEN_K", "EXACT32", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_P", "BLOCK_C"}
 def build(kernel, res_ty, out_ty, consts, opts):
     names = kernel.arg_names
     sig = {}
@@ -239,7 +256,7 @@ def build(kernel, res_ty, out_ty, consts, opts):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(enable_fp_fusion=False, **opts))
 bm, bn, bk, warps, stages = m.GPU_CONFIGS[0]
 gemm = build(m._int_conv2d_gemm_kernel, "*u8", "*u8",
-             dict(RESIDUAL=2, RELU=True, REQUANT=True, WIDE=False, EVEN_K=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk),
+             dict(RESIDUAL=2, RELU=True, REQUANT=True, WIDE=False, EVEN_K=True, EXACT32=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk),
              dict(num_warps=warps, num_stages=stages))
 ptx = gemm.asm["ptx"]
 assert re.search(r"wgmma\.mma_async\S*\.s32\.s8\.s8", ptx), "no int8 wgmma in the GEMM kernel"

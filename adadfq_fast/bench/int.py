@@ -128,9 +128,7 @@ def build_ao_int8(fp: nn.Module, example: torch.Tensor, calib_batches: int = 2) 
 # ---------------------------------------------------------------------------------------------------------------
 def profile_layers(model, x: torch.Tensor, repeats: int = 5) -> List[Dict]:
     """Median ms per layer of the integer model's forward (its prepared layer calls, timed one by one)."""
-    from adadfq_fast import _backend
-
-    kernel = _backend.kernel_for("int_conv2d", x.device)
+    kernel = model.conv_kernel(x.device)
     x = x.contiguous(memory_format=torch.channels_last)  # as IntegerModel.forward hands it to the first layer
     samples = [[] for _ in model.layers]
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # a GPU layer is timed to its last kernel
@@ -306,6 +304,7 @@ def run_bench_cuda(names: Sequence[str], repeats: int, batch_override: Optional[
     function on machines without a GPU, not a benchmark."""
     from adadfq_fast import _backend
     from adadfq_fast.deploy import CudaGraphRunner
+    from adadfq_fast.deploy.modules import cuda_auto_int_conv2d
 
     dev = torch.device(device)
     on_gpu = dev.type == "cuda"
@@ -326,7 +325,9 @@ def run_bench_cuda(names: Sequence[str], repeats: int, batch_override: Optional[
             x = torch.randn(batch, cin, *size, device=dev)
             x16 = x.half().contiguous(memory_format=torch.channels_last)
             fns = {"integer": lambda: integer(x), "fp16_channels_last": lambda: fp16(x16)}
-            extra: Dict = {"backend": _backend.resolve("int_conv2d", dev)}
+            chosen = integer.conv_kernel(dev)
+            extra: Dict = {"backend": "auto: triton for big 3x3, else cuda" if chosen is cuda_auto_int_conv2d
+                           else _backend.resolve("int_conv2d", dev)}
             # Every int_conv2d backend of this device, so the numbers say which one `auto` should prefer.
             backends = [b for b in _backend.available_backends(dev.type)
                         if b != "reference" and b in _backend._KERNELS.get("int_conv2d", {})]

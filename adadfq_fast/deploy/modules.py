@@ -139,6 +139,7 @@ class _FloatConv:
         self.res_scale = float(cfg.get("res_scale", 1.0))
         self.relu = bool(cfg["relu"])
         self.out_bits = int(cfg["out_bits"])
+        self.pool = None  # max-pool arguments when the next layer's max pool is fused in (IntegerModel._build)
         self.params = (tuple(cfg["stride"]), tuple(cfg["padding"]), tuple(cfg["dilation"]), int(cfg["groups"]))
         # A 1-channel image is both NCHW and NHWC to PyTorch, which then takes its slow NCHW conv (3x slower on
         # Fashion-MNIST); a zero second channel (zero weights) selects oneDNN's NHWC path. The products are
@@ -170,6 +171,8 @@ class _FloatConv:
         if self.res is not None:
             r = regs[self.res]
             y = y + (r.to(torch.float32) / self.res_scale if self.res_codes else r)
+        if self.pool is not None:
+            y = F.max_pool2d(y, *self.pool)
         fused = _fused_codes_kernel(y) if self.out_bits else None
         if fused is not None:  # ReLU + the QuantAct's steps in one pass on the GPU (bit-identical, see the kernel)
             codes = fused(y, self.scale, self.zero, self.out_bits, self.relu)
@@ -196,6 +199,7 @@ class _MaxPool:
         self.args = (tuple(cfg["kernel_size"]), tuple(cfg["stride"]), tuple(cfg["padding"]),
                      tuple(cfg["dilation"]), bool(cfg["ceil_mode"]))
         self.sliced = tuple(cfg["dilation"]) == (1, 1) and not cfg["ceil_mode"]
+        self.fused = False
 
     def _codes(self, x: Tensor) -> Tensor:
         (kh, kw), (sh, sw), (ph, pw) = self.args[:3]
@@ -212,6 +216,9 @@ class _MaxPool:
 
     def __call__(self, regs, kernel) -> None:
         x = regs[self.inp]
+        if self.fused:  # the conv before pooled its floats already (see IntegerModel._build)
+            regs[self.out] = x
+            return
         regs[self.out] = self._codes(x) if x.dtype == torch.uint8 and self.sliced else F.max_pool2d(x, *self.args)
 
 
@@ -299,6 +306,24 @@ def _public_int_conv2d(x, weight, weight_zero, stride, padding, dilation, groups
                       residual_scale, relu, out_bits, out_scale, out_zero)
 
 
+# Per layer on an H200 at batch 256 (benchmarks/results/gpu_h200/run2/bench_int_conv2d_gpu.md), Triton's int8
+# tensor-core GEMM beat the CUDA dp4a kernel on every 3x3 conv of ResNet-18 (0.39-0.86 ms vs 0.62-1.27), the dp4a
+# kernel won every 1x1 projection (0.16-0.22 ms vs 0.35-0.56) and whole small models, where the Python launch of
+# a Triton kernel costs more than the work (ResNet-20 at batch 256: 2.3 ms vs 3.4; any model at batch 1).
+# Those 3x3 convs are 29.6 G multiply-adds each, ResNet-20's at batch 256 0.6 G: the threshold sits between.
+TRITON_MIN_MACS = 2**32
+
+
+def cuda_auto_int_conv2d(x, weight, weight_zero, stride, padding, dilation, groups, *epilogue):
+    """int_conv2d on CUDA by size: the Triton kernel for convolutions wider than 1x1 with at least
+    ``TRITON_MIN_MACS`` multiply-adds, the CUDA kernel otherwise. Both are bit-exact, so only the speed differs."""
+    o, cg, kh, kw = weight.shape
+    macs = x.shape[0] * (x.shape[2] // stride[0]) * (x.shape[3] // stride[1]) * o * cg * kh * kw
+    backend = "triton" if kh * kw > 1 and macs >= TRITON_MIN_MACS else "cuda"
+    return _backend._KERNELS["int_conv2d"][backend](x, weight, weight_zero, stride, padding, dilation, groups,
+                                                    *epilogue)
+
+
 class IntegerModel(nn.Module):
     """Integer inference of an exported Q: ``forward(float images [N, C, H, W]) -> float32 logits [N, classes]``.
 
@@ -331,9 +356,29 @@ class IntegerModel(nn.Module):
                     last_use[r] = i
         self._frees = [[r for r, i in last_use.items() if i == j and r != self.output_register]
                        for j in range(len(self.layers))]
+        if self.FUSE_FLOAT_POOL:
+            self._fuse_float_pools()
         first = self.layers[0]
         self.in_channels = int(self.meta.get("in_channels", 0)) or None
         self._first_float = first.kind == "conv" and not first.cfg["int"]
+
+    # A max pool right after a float conv's quantizer pools the floats instead: the quantizer is monotone (ReLU,
+    # s*y - zp, rounding and clamping never reorder values), so max(codes(y)) == codes(max(y)) exactly, and the
+    # quantizer then runs on a quarter of the values. ResNet's 3x3/2 pool after its float 7x7 conv: at batch 256
+    # on an H200 the pool on codes took 2.05 ms, the float conv 2.48 (benchmarks/results/gpu_h200/run2/bench_int_gpu.md).
+    FUSE_FLOAT_POOL = True
+
+    def _fuse_float_pools(self) -> None:
+        readers: Dict[int, int] = {}
+        for layer in self.layers:
+            for key in ("inp", "res"):
+                r = layer.cfg.get(key)
+                if r is not None:
+                    readers[r] = readers.get(r, 0) + 1
+        for conv, pool in zip(self._runners, self._runners[1:]):
+            if (isinstance(conv, _FloatConv) and conv.out_bits and isinstance(pool, _MaxPool)
+                    and pool.inp == conv.out and readers.get(conv.out) == 1):
+                conv.pool, pool.fused = pool.args, True
 
     def _apply(self, fn, recurse=True):
         # .to(device)/.cuda() move the source tensors; the prepared copies are rebuilt from them.
@@ -358,10 +403,7 @@ class IntegerModel(nn.Module):
         # channels_last: the integer kernels take codes in it, and the float first conv is much faster in it
         # (oneDNN's NHWC path; same values as NCHW, which the tests check through the first layer's codes).
         x = x.to(torch.float32).contiguous(memory_format=torch.channels_last)
-        if use_custom_op(x):  # tracing / modes / subclasses: the registered op, which they understand
-            kernel = _public_int_conv2d
-        else:
-            kernel = _backend.kernel_for("int_conv2d", x.device)
+        kernel = _public_int_conv2d if use_custom_op(x) else self.conv_kernel(x.device)
         regs: List[Optional[Tensor]] = [None] * self.num_registers
         regs[0] = x
         for run, frees in zip(self._runners, self._frees):
@@ -369,6 +411,15 @@ class IntegerModel(nn.Module):
             for r in frees:
                 regs[r] = None
         return regs[self.output_register]
+
+    def conv_kernel(self, device: torch.device) -> Callable:
+        """The int_conv2d kernel of the selected backend; under ``auto`` on CUDA with both GPU kernels, a per-layer
+        choice between them (:func:`cuda_auto_int_conv2d`)."""
+        if (device.type == "cuda" and _backend.current_backend() == "auto"
+                and all(_backend.why_unavailable(b, "cuda") is None for b in ("triton", "cuda"))
+                and {"triton", "cuda"} <= set(_backend._KERNELS.get("int_conv2d", {}))):
+            return cuda_auto_int_conv2d
+        return _backend.kernel_for("int_conv2d", device)
 
     # -- information ----------------------------------------------------------------------------------------
     def summary(self) -> List[str]:
