@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=os.path.join("runs", "fmnist_table"))
     p.add_argument("--results", default=os.path.join(HERE, "results"))
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
+    p.add_argument("--name", default="fmnist_table", help="file name (no extension) of the results table")
     args, quantize_args = p.parse_known_args(argv)
 
     from adadfq_fast import quantize_job
@@ -80,13 +81,13 @@ def main(argv=None) -> int:
     cfg = next(iter(summaries.values()))[0]["config"]
     budget = (f"{cfg['epochs']} epochs x {cfg['iters_per_epoch']} iterations x batch {cfg['batch_size']} per method "
               f"(first {cfg['warmup_epochs']} epochs G only, ranges frozen after them), Q lr {cfg['q_lr']}, "
-              f"{cfg['schedule']} schedule, CPU")
+              f"{cfg['schedule']} schedule, CPU" + (", G and P under bfloat16 autocast" if cfg.get("bf16") else ""))
     table = build_table(summaries, budget)
     command = "python benchmarks/fmnist_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     os.makedirs(args.results, exist_ok=True)
-    with open(os.path.join(args.results, "fmnist_table.md"), "w") as f:
+    with open(os.path.join(args.results, f"{args.name}.md"), "w") as f:
         f.write(table + f"\n\nRegenerate: `{command.strip()}`\n")
-    with open(os.path.join(args.results, "fmnist_table.json"), "w") as f:
+    with open(os.path.join(args.results, f"{args.name}.json"), "w") as f:
         json.dump({"command": command.strip(), "budget": budget,
                    "runs": {f"w{b}a{b}": [{k: s[k] for k in ("teacher_acc", "calib_acc", "gdfq_acc", "adadfq_acc",
                                                            "gdfq_best_acc", "adadfq_best_acc", "iters_per_s",

@@ -167,6 +167,22 @@ void channel_affine(const scalar_t* x, scalar_t* out, const Layout& l, const flo
   });
 }
 
+// The same for a [rows, C] tensor (channels_last or 2-D, inner == 1): rows split over threads, each row one
+// vectorized pass across the channels. (channel_affine would see segments of one element there: an integer
+// division per element, which made the backward 15x slower than the forward on channels_last features.)
+template <typename scalar_t>
+void row_affine(const scalar_t* x, scalar_t* out, const Layout& l, const float* a, const float* b, const float* mu) {
+  const int64_t c = l.channels;
+  at::parallel_for(0, l.outer, std::max<int64_t>(1, kGrain / std::max<int64_t>(c, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const scalar_t* row = x + r * c;
+      scalar_t* dst = out + r * c;
+#pragma omp simd
+      for (int64_t k = 0; k < c; ++k) dst[k] = static_cast<scalar_t>(a[k] + b[k] * (static_cast<float>(row[k]) - mu[k]));
+    }
+  });
+}
+
 std::vector<at::Tensor> bn_stat_loss_backward(const at::Tensor& grad, at::TensorList feats,
                                               at::TensorList running_means, at::TensorList running_vars,
                                               const at::Tensor& stats) {
@@ -193,8 +209,12 @@ std::vector<at::Tensor> bn_stat_loss_backward(const at::Tensor& grad, at::Tensor
     at::Tensor out = at::empty_like(x);
     if (x.numel() > 0) {
       ADADFQ_DISPATCH_FLOATS(x.scalar_type(), "adadfq_bn_stat_loss_backward_cpu", [&] {
-        channel_affine(x.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lay, a.data(), b.data(),
-                       mean + offset);
+        if (lay.inner == 1) {
+          row_affine(x.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lay, a.data(), b.data(), mean + offset);
+        } else {
+          channel_affine(x.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lay, a.data(), b.data(),
+                         mean + offset);
+        }
       });
     }
     grads.push_back(out);
