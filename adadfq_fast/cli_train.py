@@ -32,6 +32,23 @@ def _evaluator(cfg, data_root: Optional[str], device, progress: bool, max_batche
     return run
 
 
+def _synthetic_evaluator(cfg, n: int, device, progress: bool):
+    """Evaluation on ``n`` random images and labels (fixed seed), through the same loader and loop as the real one."""
+    from adadfq_fast.data import evaluate, make_loader
+
+    if n < 1:
+        raise SystemExit(f"--synthetic-eval: expected a number of images >= 1, got {n}")
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(n, cfg.channels, cfg.img_size, cfg.img_size, generator=g)
+    labels = torch.randint(0, cfg.num_classes, (n,), generator=g)
+    loader = make_loader(torch.utils.data.TensorDataset(images, labels), batch_size=cfg.eval_batch_size)
+
+    def run(model):
+        return evaluate(model, loader, device=device, progress=progress)
+
+    return run
+
+
 def _rank0_only(model):
     raise RuntimeError("evaluation runs on rank 0 only")
 
@@ -52,6 +69,9 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--data-root", default=None, help="folder holding the real test set (for evaluation)")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation (no real data needed)")
     p.add_argument("--eval-batches", type=int, default=None, help="evaluate on the first N test batches only")
+    p.add_argument("--synthetic-eval", type=int, default=None, metavar="N",
+                   help="evaluate on N random images of the dataset's shape instead of the real test set: times a "
+                        "full run (evaluations included) where the data is not at hand; the accuracy is meaningless")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -81,7 +101,10 @@ def _train(args, cfg, world: int) -> int:
     device = ddp.local_device(resolve_device(cfg.device))
     teacher = _teacher(cfg, args.teacher_checkpoint, args.pretrained, args.random_teacher)
     evaluate_fn = None
-    if not args.no_eval:  # every rank needs one (or none); only rank 0's loads the test set and runs
+    if args.synthetic_eval is not None and not args.no_eval:
+        evaluate_fn = _synthetic_evaluator(cfg, args.synthetic_eval, device, not args.no_progress) if main \
+            else _rank0_only
+    elif not args.no_eval:  # every rank needs one (or none); only rank 0's loads the test set and runs
         evaluate_fn = (_evaluator(cfg, args.data_root, device, not args.no_progress, args.eval_batches) if main
                        else _rank0_only)
     run_dir = os.path.join(cfg.output_dir, cfg.name)
@@ -102,7 +125,8 @@ def _train(args, cfg, world: int) -> int:
         json.dump(summary, f, indent=1)
     best = summary["best_acc"]
     speed = f"{summary['iters_per_s']:.2f} iterations/s" + (f" per rank ({world} ranks)" if world > 1 else "")
-    print(f"done: {summary['epochs_done']} epochs, {speed}, "
+    print(f"done: {summary['epochs_done']} epochs in {summary['fit_seconds'] / 60:.1f} min (evaluations "
+          f"{summary['eval_seconds'] / 60:.1f} min), {speed}, "
           + (f"best top-1 {best:.2f}% at epoch {summary['best_epoch'] + 1}" if best is not None else "not evaluated")
           + f"; run folder {run_dir}")
     return 0

@@ -12,7 +12,7 @@
 #   4. the GPU test tier (cuda + triton backends vs reference, CUDA graph capture, integer model), in parallel
 #      workers when pytest-xdist is there (the Triton compiles are CPU-bound);
 #   5. bench step ResNet-18 224 px batch 16; 6. bench ops on the GPU; 7. torch.compile baselines for ResNet-20;
-#   8. (not by default) ncu on the Triton int_conv2d.
+#   8. (not by default) ncu on the Triton int_conv2d; 9. (not by default, ~7 min) a whole 400 x 200 CIFAR run.
 # GPU_CHECK_STEPS picks steps and their order (default "1 2 3 4 5 6 7"); GPU_TESTS replaces step 4's test list
 # (pytest arguments).
 # Everything lands in $GPU_CHECK_DIR (default /tmp/adadfq_gpu_check) and is copied to benchmarks/results/; where
@@ -115,6 +115,18 @@ run_8() {
       > "$WORK/ncu_int_conv2d_${layer//\//_}.txt" 2>&1
     tail -60 "$WORK/ncu_int_conv2d_${layer//\//_}.txt"
   done
+}
+
+run_9() {
+  # Not in the default list: about 6-8 minutes on an H100/H200; give it a call of its own with
+  # GPU_CHECK_STEPS=9 GPU_CHECK_BUDGET=560. A random teacher (no pretrained weights reach the GPU machines) and 10k
+  # random CIFAR-shaped test images (no CIFAR either): the accuracy means nothing, the time is the real cost of the
+  # CIFAR-10 ResNet-20 preset, 400 epochs x 200 iterations with an evaluation after every epoch.
+  step "9. full run: CIFAR-10 ResNet-20 W4A4 preset, 400 x 200 iterations, fast + CUDA graph, 10k-image evaluations"
+  timeout $(left 560) python3 -m adadfq_fast train --config cifar10_resnet20_w4a4 --random-teacher \
+    --synthetic-eval 10000 --no-progress device=cuda capture=cuda_graph \
+    output_dir="$WORK/full_run" 2>&1 | tail -5
+  cp "$WORK/full_run/cifar10_resnet20_w4a4/summary.json" "$WORK/full_run_summary.json" 2>/dev/null || true
 }
 
 ALL_GPU_TESTS="tests/test_gpu_backends.py tests/test_triton_kernels.py tests/test_triton_int_conv2d.py \

@@ -99,3 +99,20 @@ def test_tensorboard_logging(tmp_path):
     tags = acc.Tags()
     assert {"loss_g", "loss_q", "q_acc", "iters_per_s"} <= set(tags["scalars"]) and "h_norm" in tags["histograms"]
     assert [e.step for e in acc.Scalars("q_acc")] == [2, 4, 6] and acc.Scalars("q_acc")[-1].value == 42.0
+
+
+def test_cli_train_with_synthetic_eval_times_a_whole_run(tmp_path, capsys):
+    """`adadfq-fast train --random-teacher --synthetic-eval N`: a full run without any data (how a GPU session
+    times the 400 x 200 CIFAR run), with the wall time and the evaluations' share in summary.json."""
+    import json
+
+    from adadfq_fast.cli_train import train_main
+
+    assert train_main(["--config", "cifar10_resnet20_w4a4", "--random-teacher", "--synthetic-eval", "40",
+                       "--no-progress", "epochs=2", "iters_per_epoch=2", "warmup_epochs=1",
+                       "act_range_unfreeze_epochs=1", "eval_batch_size=16", f"output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "done: 2 epochs in" in out and "evaluations" in out
+    summary = json.load(open(tmp_path / "cifar10_resnet20_w4a4" / "summary.json"))
+    assert summary["fit_seconds"] > summary["eval_seconds"] > 0
+    assert 0.0 <= summary["best_acc"] <= 100.0

@@ -224,6 +224,7 @@ class Trainer:
     def fit(self, epochs: Optional[int] = None) -> dict:
         cfg = self.cfg
         last = cfg.epochs if epochs is None else min(cfg.epochs, self.epoch + epochs)
+        fit_start = time.perf_counter()
         while self.epoch < last:
             epoch = self.epoch
             record = self.train_epoch(epoch)
@@ -234,8 +235,10 @@ class Trainer:
 
                 freeze_act_ranges(self.Q)
                 # Only rank 0 evaluates; the others wait for its number so that best tracking agrees.
+                eval_start = time.perf_counter()
                 acc = float(self.evaluate_fn(self.Q)) if self.is_main else 0.0
                 record["q_acc"] = ddp.broadcast_float(acc, self.device)
+                record["eval_seconds"] = time.perf_counter() - eval_start
                 if record["q_acc"] > self.best_acc:
                     self.best_acc, self.best_epoch = record["q_acc"], epoch
                     if self.run_dir:
@@ -247,6 +250,7 @@ class Trainer:
             self._log(record)
             if self.run_dir and cfg.checkpoint_every and self.epoch % cfg.checkpoint_every == 0:
                 self.save_checkpoint(os.path.join(self.run_dir, "checkpoint.pt"))
+        self.fit_seconds = time.perf_counter() - fit_start
         return self.summary()
 
     def summary(self) -> dict:
@@ -256,6 +260,9 @@ class Trainer:
             best_acc=self.best_acc if self.best_epoch >= 0 else None,
             best_epoch=self.best_epoch if self.best_epoch >= 0 else None,
             iters_per_s=(sum(r["iters"] for r in done) / sum(r["seconds"] for r in done)) if done else None,
+            # Wall time of the last fit() call: game, evaluations, checkpoints and logging.
+            fit_seconds=getattr(self, "fit_seconds", None),
+            eval_seconds=sum(r.get("eval_seconds", 0.0) for r in self.history),
             h_norm_first=self.h_norm_first,
             h_norm_last=self.h_norm_last,
         )
