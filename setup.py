@@ -58,7 +58,10 @@ def _extensions():
     # -ffp-contract=off: no fused multiply-add, so the quantizer matches the float32 reference bit for bit.
     # -fopenmp-simd: honour `#pragma omp simd reduction(...)`, which lets GCC vectorize float reductions
     # without -ffast-math. -fno-math-errno: lets rint/nearbyint vectorize to one rounding instruction.
-    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fopenmp-simd", "-fno-math-errno"]
+    # -fopenmp: at::parallel_for is a header template whose OpenMP pragma is compiled into this library; without
+    # the flag every kernel ran on one thread whatever torch.set_num_threads said. The library links libgomp.so.1,
+    # which resolves to the copy torch already loaded (same soname), so there is one OpenMP runtime.
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fopenmp", "-fopenmp-simd", "-fno-math-errno"]
     arch = os.environ.get("ADADFQ_CPU_ARCH", "native")
     if arch and arch != "none" and os.uname().machine in ("x86_64", "AMD64"):
         cxx.append(f"-march={arch}")
@@ -68,6 +71,7 @@ def _extensions():
             _rel(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))),
             include_dirs=include,
             extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
             py_limited_api=True,
         )
     ]
