@@ -161,8 +161,9 @@ def _int_conv2d_gemm_kernel(
     z = tl.load(zero_ptr + o, mask=omask, other=0)
     if EXACT32:
         # The launcher checked |acc + z_w * box| < 2^31 for every output: int32 arithmetic, which wraps in the
-        # partial product and is still exact in the sum, and an exact int32 -> float32 rounding. Half the
-        # registers of int64 (which spilled to local memory at every tile size; seen in the sm_90 compile).
+        # partial product and is still exact in the sum, and an exact int32 -> float32 rounding; no 64-bit
+        # multiplies or conversions per output. (It did not bring the kernel under 255 registers: the sm_90
+        # compile still spills at the larger tiles, see README "Integer inference".)
         total = acc + z[None, :] * box[:, None]
     else:
         # int64: z_w * box may exceed int32 where acc does not (the reference sums in int64 too).

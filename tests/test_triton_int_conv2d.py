@@ -241,7 +241,8 @@ m = importlib.import_module("adadfq_fast.kernels.int_conv2d")
 assert not m._INTERPRET
 PTRS = {"x_ptr": "*u8", "w_ptr": "*i8", "zero_ptr": "*i32", "wsum_ptr": "*i32", "mult_ptr": "*fp32",
         "bias_ptr": "*fp32"}
-CONSTS = {"RESIDUAL", "RELU", "REQUANT", "WIDE", "EVEN_K", "EXACT32", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_P", "BLOCK_C"}
+CONSTS = {"RESIDUAL", "RELU", "REQUANT", "WIDE", "EVEN_K", "EXACT32", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_P",
+          "BLOCK_C"}
 def build(kernel, res_ty, out_ty, consts, opts):
     names = kernel.arg_names
     sig = {}
@@ -256,7 +257,8 @@ def build(kernel, res_ty, out_ty, consts, opts):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(enable_fp_fusion=False, **opts))
 bm, bn, bk, warps, stages = m.GPU_CONFIGS[0]
 gemm = build(m._int_conv2d_gemm_kernel, "*u8", "*u8",
-             dict(RESIDUAL=2, RELU=True, REQUANT=True, WIDE=False, EVEN_K=True, EXACT32=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk),
+             dict(RESIDUAL=2, RELU=True, REQUANT=True, WIDE=False, EVEN_K=True, EXACT32=True, BLOCK_M=bm, BLOCK_N=bn,
+                  BLOCK_K=bk),
              dict(num_warps=warps, num_stages=stages))
 ptx = gemm.asm["ptx"]
 assert re.search(r"wgmma\.mma_async\S*\.s32\.s8\.s8", ptx), "no int8 wgmma in the GEMM kernel"

@@ -365,7 +365,8 @@ class IntegerModel(nn.Module):
     # A max pool right after a float conv's quantizer pools the floats instead: the quantizer is monotone (ReLU,
     # s*y - zp, rounding and clamping never reorder values), so max(codes(y)) == codes(max(y)) exactly, and the
     # quantizer then runs on a quarter of the values. ResNet's 3x3/2 pool after its float 7x7 conv: at batch 256
-    # on an H200 the pool on codes took 2.05 ms, the float conv 2.48 (benchmarks/results/gpu_h200/run2/bench_int_gpu.md).
+    # on an H200 the pool on codes took 2.05 ms, the float conv 2.48
+    # (benchmarks/results/gpu_h200/run2/bench_int_gpu.md).
     FUSE_FLOAT_POOL = True
 
     def _fuse_float_pools(self) -> None:
