@@ -21,10 +21,8 @@ def _teacher(cfg, checkpoint: Optional[str], pretrained: bool, random_teacher: b
                        pretrained=pretrained, in_size=(cfg.img_size, cfg.img_size))
 
 
-def _evaluator(cfg, data_root: Optional[str], device, progress: bool, max_batches: Optional[int] = None):
-    from adadfq_fast.data import evaluate, make_loader
-
-    loader = make_loader(cfg.dataset, batch_size=cfg.eval_batch_size, root=data_root or cfg.data_path or None)
+def _evaluate_on(loader, device, progress: bool, max_batches: Optional[int] = None):
+    from adadfq_fast.data import evaluate
 
     def run(model):
         return evaluate(model, loader, device=device, progress=progress, max_batches=max_batches)
@@ -32,9 +30,16 @@ def _evaluator(cfg, data_root: Optional[str], device, progress: bool, max_batche
     return run
 
 
+def _evaluator(cfg, data_root: Optional[str], device, progress: bool, max_batches: Optional[int] = None):
+    from adadfq_fast.data import make_loader
+
+    loader = make_loader(cfg.dataset, batch_size=cfg.eval_batch_size, root=data_root or cfg.data_path or None)
+    return _evaluate_on(loader, device, progress, max_batches)
+
+
 def _synthetic_evaluator(cfg, n: int, device, progress: bool):
     """Evaluation on ``n`` random images and labels (fixed seed), through the same loader and loop as the real one."""
-    from adadfq_fast.data import evaluate, make_loader
+    from adadfq_fast.data import make_loader
 
     if n < 1:
         raise SystemExit(f"--synthetic-eval: expected a number of images >= 1, got {n}")
@@ -42,11 +47,7 @@ def _synthetic_evaluator(cfg, n: int, device, progress: bool):
     images = torch.randn(n, cfg.channels, cfg.img_size, cfg.img_size, generator=g)
     labels = torch.randint(0, cfg.num_classes, (n,), generator=g)
     loader = make_loader(torch.utils.data.TensorDataset(images, labels), batch_size=cfg.eval_batch_size)
-
-    def run(model):
-        return evaluate(model, loader, device=device, progress=progress)
-
-    return run
+    return _evaluate_on(loader, device, progress)
 
 
 def _rank0_only(model):

@@ -1,4 +1,8 @@
-"""Input builders shared by the op tests."""
+"""Input builders shared by the op tests, and the device/import preamble of the Triton tests."""
+import importlib
+import os
+
+import pytest
 import torch
 
 import adadfq_fast
@@ -37,3 +41,21 @@ def both_paths(fn):
 
 def backends_for_cpu():
     return [b for b in adadfq_fast.available_backends("cpu")]
+
+
+def triton_device() -> str:
+    """Where the Triton kernel tests run: CPU tensors under TRITON_INTERPRET=1 (set by conftest.py without a GPU;
+    the interpreter would only copy CUDA tensors back and forth), else CUDA. Skips the calling module otherwise."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+
+def import_triton_kernel(name: str):
+    """The module ``adadfq_fast.kernels.<name>``; skips the calling module where Triton's kernels cannot load."""
+    try:
+        return importlib.import_module(f"adadfq_fast.kernels.{name}")
+    except Exception as e:  # noqa: BLE001 - no usable Triton here: nothing to test
+        pytest.skip(f"Triton kernels cannot be imported: {type(e).__name__}: {e}", allow_module_level=True)

@@ -4,7 +4,6 @@ Runs on CPU tensors under TRITON_INTERPRET=1 (set by conftest.py without a GPU),
 slow, so shapes are small; the tile constants are lowered with monkeypatch where a path (several K chunks, several
 output-channel blocks, several pixel blocks) would otherwise need a large tensor.
 """
-import importlib
 import os
 
 import pytest
@@ -16,17 +15,10 @@ import adadfq_fast  # noqa: E402
 from adadfq_fast import _backend  # noqa: E402
 from adadfq_fast import reference as ref  # noqa: E402
 
-if os.environ.get("TRITON_INTERPRET") == "1":
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+from helpers import import_triton_kernel, triton_device  # noqa: E402
 
-try:
-    mod = importlib.import_module("adadfq_fast.kernels.int_conv2d")
-except Exception as e:  # noqa: BLE001
-    pytest.skip(f"Triton kernels cannot be imported: {type(e).__name__}: {e}", allow_module_level=True)
+DEVICE = triton_device()
+mod = import_triton_kernel("int_conv2d")
 
 pytestmark = pytest.mark.triton
 

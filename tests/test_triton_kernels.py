@@ -6,7 +6,6 @@ still exercise every masked tail, multi-block loop and work-item split (module c
 monkeypatch where a path would otherwise need a large tensor).
 """
 import math
-import os
 
 import pytest
 import torch
@@ -17,23 +16,13 @@ import adadfq_fast  # noqa: E402
 from adadfq_fast import reference as ref  # noqa: E402
 from adadfq_fast import _backend  # noqa: E402
 
-if os.environ.get("TRITON_INTERPRET") == "1":
-    DEVICE = "cpu"  # the interpreter runs CPU tensors (it would only copy CUDA ones back and forth)
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+from helpers import import_triton_kernel, triton_device  # noqa: E402
 
-try:
-    import importlib
-
-    from adadfq_fast import kernels as K  # noqa: E402
-
-    # The modules themselves (the package re-exports functions of the same names), for their tuning constants.
-    bn_mod = importlib.import_module("adadfq_fast.kernels.bn_stat_loss")
-    act_mod = importlib.import_module("adadfq_fast.kernels.fake_quant_act")
-except Exception as e:  # noqa: BLE001
-    pytest.skip(f"Triton kernels cannot be imported: {type(e).__name__}: {e}", allow_module_level=True)
+DEVICE = triton_device()
+# The modules themselves (the package re-exports functions of the same names), for their tuning constants.
+bn_mod = import_triton_kernel("bn_stat_loss")
+act_mod = import_triton_kernel("fake_quant_act")
+from adadfq_fast import kernels as K  # noqa: E402
 
 pytestmark = pytest.mark.triton
 

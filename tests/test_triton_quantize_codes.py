@@ -1,23 +1,13 @@
 """The one-pass codes kernel of the integer model's float layers (kernels/quantize_codes.py) against the PyTorch
 steps it replaces on the GPU (deploy.modules: relu, s*y, - zp, round, clamp, + zp): equal byte for byte."""
-import importlib
-import os
-
 import pytest
 import torch
 
 from adadfq_fast.deploy.modules import _quantize_codes
+from helpers import import_triton_kernel, triton_device
 
-if os.environ.get("TRITON_INTERPRET") == "1":
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
-try:
-    K = importlib.import_module("adadfq_fast.kernels.quantize_codes")
-except Exception as e:  # noqa: BLE001 - no Triton here: nothing to test
-    pytest.skip(f"Triton kernels cannot be imported: {type(e).__name__}: {e}", allow_module_level=True)
+DEVICE = triton_device()
+K = import_triton_kernel("quantize_codes")
 
 pytestmark = pytest.mark.triton
 

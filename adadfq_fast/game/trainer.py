@@ -161,6 +161,7 @@ class Trainer:
         self.epoch = 0  # next epoch to run
         self.best_acc = -math.inf
         self.best_epoch = -1
+        self.fit_seconds: Optional[float] = None  # wall time of the last fit() call
         self.history: List[dict] = []
         self.h_norm_first: Optional[List[float]] = None
         self.h_norm_last: Optional[List[float]] = None
@@ -261,7 +262,7 @@ class Trainer:
             best_epoch=self.best_epoch if self.best_epoch >= 0 else None,
             iters_per_s=(sum(r["iters"] for r in done) / sum(r["seconds"] for r in done)) if done else None,
             # Wall time of the last fit() call: game, evaluations, checkpoints and logging.
-            fit_seconds=getattr(self, "fit_seconds", None),
+            fit_seconds=self.fit_seconds,
             eval_seconds=sum(r.get("eval_seconds", 0.0) for r in self.history),
             h_norm_first=self.h_norm_first,
             h_norm_last=self.h_norm_last,
