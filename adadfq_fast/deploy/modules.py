@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .. import _backend
 from ..ops import int_conv2d
 from ..ops._eager import use_custom_op
+from ..ops.native import has_native_kernel, native_op
 
 LAYER_KINDS = ("conv", "maxpool", "act", "head")
 
@@ -107,7 +108,14 @@ class _IntConv:
 
 
 def _fused_codes_kernel(y: Tensor) -> Optional[Callable]:
-    """The one-pass Triton codes kernel for CUDA tensors when Triton runs there, else None (PyTorch steps)."""
+    """The one-pass codes kernel for ``y``, ``(y, scale, zero, bits, relu) -> codes``: the C++ kernel on CPU, the
+    Triton kernel on CUDA, or None (the PyTorch steps) where neither is loaded or while tracing (neither is a
+    traceable op). Both are byte-identical to the PyTorch steps (tests/test_quantize_codes.py,
+    tests/test_triton_quantize_codes.py)."""
+    if use_custom_op(y):
+        return None
+    if y.device.type == "cpu":
+        return native_op("quantize_codes") if has_native_kernel("quantize_codes", "CPU") else None
     if not y.is_cuda or _backend.why_unavailable("triton", "cuda") is not None:
         return None
     from adadfq_fast.kernels.quantize_codes import quantize_codes
@@ -174,7 +182,7 @@ class _FloatConv:
         if self.pool is not None:
             y = F.max_pool2d(y, *self.pool)
         fused = _fused_codes_kernel(y) if self.out_bits else None
-        if fused is not None:  # ReLU + the QuantAct's steps in one pass on the GPU (bit-identical, see the kernel)
+        if fused is not None:  # ReLU + the QuantAct's steps in one pass (bit-identical, see the kernels)
             codes = fused(y, self.scale, self.zero, self.out_bits, self.relu)
         else:
             if self.relu:

@@ -45,9 +45,24 @@ SCHEMAS = {
     ),
 }
 
+# Kernels of the integer model's own layers (adadfq_fast.deploy), outside the backend switch: each is implemented
+# where it pays and called directly by the deploy code, which falls back to its PyTorch steps elsewhere.
+DEPLOY_SCHEMAS = {
+    # The QuantAct steps of a float layer in one pass: float32 -> uint8 codes, same strides. C++ on CPU
+    # (csrc/cpu/quantize_codes.cpp); on CUDA the deploy code calls the Triton kernel kernels/quantize_codes.py.
+    "quantize_codes": "(Tensor y, float scale, float zero, int bits, bool relu) -> Tensor",
+}
+
 _lib = torch.library.Library(NAMESPACE, "DEF")
-for _name, _schema in SCHEMAS.items():
+for _name, _schema in {**SCHEMAS, **DEPLOY_SCHEMAS}.items():
     _lib.define(_name + _schema)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::quantize_codes")
+def _quantize_codes_fake(y, scale, zero, bits, relu):
+    # The kernel keeps a dense input's strides and makes anything else contiguous first.
+    dense = y if torch._prims_common.is_non_overlapping_and_dense_or_false(y) else y.contiguous()
+    return torch.empty_like(dense, dtype=torch.uint8)
 
 
 _HANDLES = {}

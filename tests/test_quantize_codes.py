@@ -1,0 +1,105 @@
+"""The C++ one-pass codes kernel of the integer model's float layers (csrc/cpu/quantize_codes.cpp) against the
+PyTorch steps it replaces (deploy.modules: relu, s*y, - zp, round, clamp, + zp): equal byte for byte."""
+import math
+
+import pytest
+import torch
+
+from adadfq_fast.deploy.modules import _fused_codes_kernel, _quantize_codes
+from adadfq_fast.ops.native import has_native_kernel, native_op
+
+pytestmark = pytest.mark.skipif(not has_native_kernel("quantize_codes", "CPU"),
+                                reason="the C++ CPU library is not built")
+
+
+def _torch_codes(y, scale, zero, bits, relu):
+    y = y.clone()
+    if relu:
+        y = torch.relu_(y)
+    half = 2 ** (bits - 1)
+    return _quantize_codes(y.mul_(scale).sub_(zero), -half, half - 1, zero)
+
+
+def _codes(*args):
+    return native_op("quantize_codes")(*args)
+
+
+def _input(shape, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(shape, generator=g) * 4
+    flat = y.view(-1)
+    k = min(200, flat.numel())
+    # Exact ties after scaling ((j + 0.5) / scale), where rounding half to even matters, and values far out of range.
+    flat[:k] = (torch.randint(-20, 20, (k,), generator=g).float() + 0.5) / scale
+    flat[k:2 * k] *= 1e3
+    return y
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("relu", [True, False])
+def test_matches_torch_steps(bits, relu):
+    # 3*5*17*19 = 4845 elements: not a multiple of the 16-lane vectors, so the scalar tail runs too.
+    y = _input((3, 5, 17, 19), 2.5, seed=bits)
+    zero = float(2 ** (bits - 1) + (3 if bits < 8 else 0))
+    torch.testing.assert_close(_codes(y, 2.5, zero, bits, relu), _torch_codes(y, 2.5, zero, bits, relu),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
+def test_layouts(layout):
+    y = _input((4, 6, 9, 11), 1.75, seed=1)
+    if layout == "channels_last":
+        y = y.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        y = y.transpose(2, 3)  # dense, neither contiguous nor channels_last
+    else:
+        y = y[:, ::2]  # not dense: copied first
+    got = _codes(y, 1.75, 8.0, 4, True)
+    want = _torch_codes(y, 1.75, 8.0, 4, True)
+    assert got.dtype == torch.uint8 and got.shape == y.shape
+    if layout != "sliced":
+        assert got.stride() == y.stride()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_large_map_threads_split():
+    # Several parallel chunks (32768 elements each) plus a tail.
+    y = _input((2, 16, 64, 65), 3.0, seed=2).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(_codes(y, 3.0, 8.0, 4, True), _torch_codes(y, 3.0, 8.0, 4, True), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_nan_inf_and_constant(relu):
+    y = torch.tensor([math.nan, math.inf, -math.inf, -0.0, 0.0, 1e30, -1e30] * 5)
+    torch.testing.assert_close(_codes(y, 2.0, 8.0, 4, relu), _torch_codes(y, 2.0, 8.0, 4, relu), rtol=0, atol=0)
+    const = torch.full((33,), 0.7)
+    torch.testing.assert_close(_codes(const, 2.0, 8.0, 4, relu), _torch_codes(const, 2.0, 8.0, 4, relu),
+                               rtol=0, atol=0)
+
+
+def test_empty_and_errors():
+    assert _codes(torch.empty(0, 4, 3, 3), 1.0, 8.0, 4, True).shape == (0, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="y: expected float32"):
+        _codes(torch.zeros(2, dtype=torch.float16), 1.0, 8.0, 4, True)
+    with pytest.raises(RuntimeError, match="bits: expected 2..8"):
+        _codes(torch.zeros(2), 1.0, 8.0, 9, True)
+    with pytest.raises(RuntimeError, match="scale"):
+        _codes(torch.zeros(2), math.nan, 8.0, 4, True)
+    with pytest.raises(RuntimeError, match="zero"):
+        _codes(torch.zeros(2), 1.0, 2.0, 4, True)  # codes q + 2 with q >= -8 would be negative
+    with pytest.raises(RuntimeError, match="zero"):
+        _codes(torch.zeros(2), 1.0, 8.5, 4, True)
+
+
+def test_deploy_uses_it_on_cpu_in_eager_only():
+    y = torch.zeros(2, 3)
+    assert _fused_codes_kernel(y) is native_op("quantize_codes")
+    with torch._subclasses.fake_tensor.FakeTensorMode():  # a dispatch mode: the PyTorch steps instead
+        assert _fused_codes_kernel(torch.zeros(2, 3)) is None
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_opcheck(layout):
+    y = _input((2, 3, 5, 7), 2.0, seed=3)
+    y = {"contiguous": y, "channels_last": y.contiguous(memory_format=torch.channels_last), "sliced": y[:, ::2]}[layout]
+    torch.library.opcheck(torch.ops.adadfq_native.quantize_codes.default, (y, 2.0, 8.0, 4, True))
