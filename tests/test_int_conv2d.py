@@ -160,6 +160,41 @@ def test_bit_exact_shapes(int_backend, case, layout):
         assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
 
+# Geometries for the C++ kernel's direct reads of channels_last x (weights of <= 7 bits fold their zero points, so
+# no padded copy is made): windows that cross every border, padding wider than the kernel's reach (whole windows
+# in the padding), dilation and groups (one run per tap), rows split into several tiles, tiles spanning rows.
+DIRECT_CASES = [
+    # (n, c, h, w, o, k, stride, padding, dilation, groups)
+    (2, 16, 32, 32, 16, 3, 1, 1, 1, 1),  # ResNet-20 stage 1 rows: 4 tiles per row, the outer two on the border
+    (2, 32, 16, 16, 32, 3, 1, 1, 1, 1),  # stage 2: tiles across rows
+    (2, 16, 13, 11, 32, 3, 2, 1, 1, 1),  # stride 2, odd sizes
+    (2, 16, 9, 10, 16, 3, 1, 3, 1, 1),   # padding 3 > reach: rows and columns of windows entirely in the padding
+    (1, 8, 11, 12, 24, 5, 1, 4, 2, 1),   # 5x5 dilation 2: one run per tap
+    (2, 32, 9, 9, 32, 3, 1, 1, 1, 2),    # 2 groups of 16: one run per tap, group offsets in the patch
+    (1, 4, 20, 21, 16, 7, 2, 3, 1, 1),   # 7x7 stride 2 on 4 channels
+    (2, 64, 8, 8, 64, 3, 1, 1, 1, 1),    # stage 3: 4 output vectors, tiles across rows
+    (1, 64, 3, 2, 48, 3, 1, 1, 1, 1),    # a map smaller than the kernel's reach
+    (2, 16, 12, 40, 16, 1, 1, 0, 1, 1),  # 1x1: every window inside
+]
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=lambda c: "n{}c{}h{}w{}o{}k{}s{}p{}d{}g{}".format(*c))
+def test_bit_exact_direct_reads(int_backend, case):
+    n, c, h, w, o, k, stride, padding, dilation, groups = case
+    x = _codes((n, c, h, w), 4, offset=3).contiguous(memory_format=torch.channels_last)
+    q, z = _weights(o, c // groups, k, k, 4)
+    ep = _epilogue_args(o)
+    for out_bits, relu, residual in ((0, False, None), (4, True, "codes")):
+        ho = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+        wo = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+        res = None if residual is None else torch.randint(0, 16, (n, o, ho, wo), dtype=torch.uint8)
+        kw = dict(out_bits=out_bits, relu=relu, out_scale=9.5, out_zero=8.0 if out_bits else 0.0, residual=res,
+                  residual_scale=2.5)
+        out = _call(x, q, z, stride, padding, dilation, groups, **ep, **kw)
+        expected = _ref(x, q, z, stride, padding, dilation, groups, **ep, **kw)
+        assert torch.equal(out, expected), (out.float() - expected.float()).abs().max()
+
+
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_bit_exact_bits(int_backend, bits):
     """Weight and activation codes of 2..8 bits, requant to the same width, zero points at both ends."""

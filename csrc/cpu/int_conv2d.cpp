@@ -3,10 +3,10 @@
 // adadfq_fast/ops/int_conv2d.py and adadfq_fast/reference.py (int_conv2d_forward), whose float32 order this
 // file reproduces bit for bit.
 //
-// Layout. The kernel works on NHWC: the input is copied once into a zero-padded NHWC buffer whose channels are
-// padded to a multiple of 4 per group (skipped when x already is channels_last, unpadded and aligned), so a
-// window is kh*kw contiguous runs of channels and the reduction index is K = (kh, kw, c). The output is written
-// NHWC (channels_last); an NCHW caller gets one conversion at the end.
+// Layout. The kernel works on NHWC: the input is copied into a zero-padded NHWC layout whose channels are padded
+// to a multiple of 4 per group (one image at a time per thread, see run_vnni; skipped when x already is
+// channels_last, unpadded and aligned), so a window is kh*kw contiguous runs of channels and the reduction index
+// is K = (kh, kw, c). The output is written NHWC (channels_last); an NCHW caller gets one conversion at the end.
 //
 // Integer sums. total[o,p] = acc[o,p] + z_w[o] * box[p] is an exact integer, however it is computed. When every
 // q_w + z_w fits int8 (weights of up to 7 bits, and 8-bit channels whose levels allow it) the zero point is
@@ -89,6 +89,10 @@ bool use_vnni(const Geometry& g) {
   return false;
 #endif
 }
+
+// Weight-major order when the packed weights overflow the L2 cache: each thread then keeps one block's weights
+// hot across many rows; otherwise row-major, so an input row stays hot across the blocks.
+bool use_weight_major(const Packed& pk) { return pk.vnni_w.numel() > (256 << 10); }
 
 std::shared_ptr<Packed> pack(const at::Tensor& weight, const at::Tensor& weight_zero, const Geometry& g) {
   auto p = std::make_shared<Packed>(weight, weight_zero);
@@ -241,6 +245,57 @@ inline void epilogue_scalar(const Epilogue& ep, int32_t total, int64_t e, int64_
   ep.out_u8[e] = static_cast<uint8_t>(static_cast<int32_t>(add_rn(v, ep.out_zero)));
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Input preparation
+// ---------------------------------------------------------------------------------------------------------
+// x's codes and strides.
+struct InputView {
+  const uint8_t* data;
+  int64_t sn, sc, sh, sw;
+  explicit InputView(const at::Tensor& x)
+      : data(x.const_data_ptr<uint8_t>()), sn(x.stride(0)), sc(x.stride(1)), sh(x.stride(2)), sw(x.stride(3)) {}
+};
+
+// Row hp of image n of the zero-padded NHWC layout [Hp][Wp][G * Cg4] (padding is code 0, which is float 0:
+// natural zero padding) -> dst (Wp * Cp bytes).
+void pad_row(const InputView& x, const Geometry& g, int64_t n, int64_t hp, uint8_t* dst) {
+  const int64_t row_bytes = g.Wp * g.Cp, ih = hp - g.ph;
+  if (ih < 0 || ih >= g.H) {
+    std::memset(dst, 0, row_bytes);
+    return;
+  }
+  const uint8_t* s = x.data + n * x.sn + ih * x.sh;
+  if (x.sc == 1 && x.sw == g.C && g.Cp == g.C) {  // channels_last, aligned groups: the row is one run of bytes
+    std::memset(dst, 0, g.pw * g.Cp);
+    std::memcpy(dst + g.pw * g.Cp, s, g.W * g.C);
+    std::memset(dst + (g.pw + g.W) * g.Cp, 0, g.pw * g.Cp);
+    return;
+  }
+  std::memset(dst, 0, row_bytes);
+  if (x.sc <= x.sw) {  // channels innermost in memory (channels_last): copy runs of channels
+    for (int64_t iw = 0; iw < g.W; ++iw) {
+      uint8_t* d = dst + (iw + g.pw) * g.Cp;
+      for (int64_t gr = 0; gr < g.G; ++gr)
+        for (int64_t c = 0; c < g.Cg; ++c) d[gr * g.Cg4 + c] = s[iw * x.sw + (gr * g.Cg + c) * x.sc];
+    }
+  } else {  // width innermost (NCHW): read rows of one channel, scatter into the L1-resident output row
+    for (int64_t ch = 0; ch < g.C; ++ch) {
+      const int64_t dc = (ch / g.Cg) * g.Cg4 + ch % g.Cg;
+      const uint8_t* sr = s + ch * x.sc;
+      uint8_t* d = dst + g.pw * g.Cp + dc;
+      for (int64_t iw = 0; iw < g.W; ++iw) d[iw * g.Cp] = sr[iw * x.sw];
+    }
+  }
+}
+
+// The zero-padded NHWC buffer of the whole batch, [N][Hp][Wp][G * Cg4].
+void pad_input(const at::Tensor& x, const Geometry& g, uint8_t* xp) {
+  const InputView view(x);
+  at::parallel_for(0, g.N * g.Hp, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) pad_row(view, g, r / g.Hp, r % g.Hp, xp + r * g.Wp * g.Cp);
+  });
+}
+
 #if defined(ADADFQ_INT_VNNI)
 // The epilogue's per-call scalars as broadcast vectors, built once per tile. Building them from a local copy of
 // the Epilogue matters: the uint8 output stores may alias anything, so reading ep's fields after a store would
@@ -378,7 +433,14 @@ const TileFn* tile_fns(int nb, bool uniform) {
   }
 }
 
-void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const int32_t* S, const Epilogue& ep) {
+// The micro-kernels read a zero-padded NHWC image: xp (the whole batch, padded beforehand) when given, else each
+// thread pads the images it works on into its own buffer, one at a time (x_view). The per-thread copy holds one
+// image instead of the batch (the batch copy of a 224-px ResNet-18 stem output at batch 256 is 837 MB) and stays
+// in cache while the image's tiles read it. It was not measurably faster than the batch copy on this project's
+// CPU (both copy the same bytes: the copy costs ~7% of a 16-channel layer either way; reading x in place with
+// the padding emulated per border tile cost more than it saved, through the many small copies at the borders).
+void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const InputView* x_view, const int32_t* S,
+              const Epilogue& ep) {
   std::vector<int64_t> tap_pix(g.T);
   for (int64_t t = 0; t < g.T; ++t) tap_pix[t] = (t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw;
   // The reduction walks the window in runs of contiguous bytes: one per kernel row when the taps of a row are
@@ -402,10 +464,11 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const int3
   const int64_t per_image = flat ? (npix + maxP - 1) / maxP : g.Ho;
   const int64_t chunks = g.N * per_image;
   const int64_t items = chunks * g.G * nob;
-  // Weight-major order when the packed weights overflow the L2 cache: each thread then keeps one block's weights
-  // hot across many rows; otherwise row-major, so an input row stays hot across the blocks.
-  const bool weight_major = pk.vnni_w.numel() > (256 << 10);
+  const bool weight_major = use_weight_major(pk);
+  const int64_t image_bytes = g.Hp * g.Wp * g.Cp;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> image(xp ? 0 : image_bytes);  // this thread's padded image (per-image mode)
+    int64_t image_n = -1;
     int32_t box[16];
     int64_t pix_off[16], out_off[16], in_pix[16];
     for (int64_t it = begin; it < end; ++it) {
@@ -418,6 +481,11 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const int3
         gb = it % (g.G * nob);
       }
       const int64_t gr = gb / nob, ob = gb % nob, n = chunk / per_image, c = chunk % per_image;
+      const uint8_t* xn = xp ? xp + n * image_bytes : image.data();  // padded image n
+      if (!xp && n != image_n) {
+        for (int64_t hp = 0; hp < g.Hp; ++hp) pad_row(*x_view, g, n, hp, image.data() + hp * g.Wp * g.Cp);
+        image_n = n;
+      }
       Tile t;
       t.pix_stride = g.sw * g.Cp;
       t.pix_off = pix_off;
@@ -434,16 +502,16 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const int3
       auto run_tile = [&](int64_t q0, int P) {
         int64_t oh = q0 / g.Wo, ow = q0 % g.Wo;
         for (int p = 0; p < P; ++p) {  // walk the pixels without divisions (this runs per tile)
-          in_pix[p] = (n * g.Hp + oh * g.sh) * g.Wp + ow * g.sw;
+          in_pix[p] = oh * g.sh * g.Wp + ow * g.sw;  // in image n
           pix_off[p] = (in_pix[p] - in_pix[0]) * g.Cp;
           out_off[p] = p * g.O;
           if (++ow == g.Wo) ow = 0, ++oh;
         }
-        t.x = xp + in_pix[0] * g.Cp + gr * g.Cg4;
+        t.x = xn + in_pix[0] * g.Cp + gr * g.Cg4;
         t.e0 = (n * npix + q0) * g.O + t.o0;
         if (ep.has_box) {
           for (int p = 0; p < P; ++p) {
-            const int32_t* s = S + in_pix[p] * g.G + gr;
+            const int32_t* s = S + (n * g.Hp * g.Wp + in_pix[p]) * g.G + gr;  // S: batch mode only
             int32_t b = 0;
             for (int64_t tp = 0; tp < g.T; ++tp) b += s[tap_pix[tp] * g.G];
             box[p] = b;
@@ -506,45 +574,6 @@ void run_generic(const Geometry& g, const Packed& pk, const uint8_t* xp, const E
 // ---------------------------------------------------------------------------------------------------------
 // Input preparation
 // ---------------------------------------------------------------------------------------------------------
-// The zero-padded NHWC buffer [N][Hp][Wp][G * Cg4] (padding is code 0, which is float 0: natural zero padding).
-void pad_input(const at::Tensor& x, const Geometry& g, uint8_t* xp) {
-  const uint8_t* src = x.const_data_ptr<uint8_t>();
-  const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
-  const int64_t row_bytes = g.Wp * g.Cp;
-  at::parallel_for(0, g.N * g.Hp, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / g.Hp, hp = r % g.Hp, ih = hp - g.ph;
-      uint8_t* dst = xp + r * row_bytes;
-      if (ih < 0 || ih >= g.H) {
-        std::memset(dst, 0, row_bytes);
-        continue;
-      }
-      const uint8_t* s = src + n * sn + ih * sh;
-      if (sc == 1 && sw == g.C && g.Cp == g.C) {  // channels_last, aligned groups: the row is one run of bytes
-        std::memset(dst, 0, g.pw * g.Cp);
-        std::memcpy(dst + g.pw * g.Cp, s, g.W * g.C);
-        std::memset(dst + (g.pw + g.W) * g.Cp, 0, g.pw * g.Cp);
-        continue;
-      }
-      std::memset(dst, 0, row_bytes);
-      if (sc <= sw) {  // channels innermost in memory (channels_last): copy runs of channels
-        for (int64_t iw = 0; iw < g.W; ++iw) {
-          uint8_t* d = dst + (iw + g.pw) * g.Cp;
-          for (int64_t gr = 0; gr < g.G; ++gr)
-            for (int64_t c = 0; c < g.Cg; ++c) d[gr * g.Cg4 + c] = s[iw * sw + (gr * g.Cg + c) * sc];
-        }
-      } else {  // width innermost (NCHW): read rows of one channel, scatter into the L1-resident output row
-        for (int64_t ch = 0; ch < g.C; ++ch) {
-          const int64_t dc = (ch / g.Cg) * g.Cg4 + ch % g.Cg;
-          const uint8_t* sr = s + ch * sc;
-          uint8_t* d = dst + g.pw * g.Cp + dc;
-          for (int64_t iw = 0; iw < g.W; ++iw) d[iw * g.Cp] = sr[iw * sw];
-        }
-      }
-    }
-  });
-}
-
 // Per-pixel, per-group channel sums of the padded buffer (for the box sums).
 void channel_sums(const uint8_t* xp, const Geometry& g, int32_t* S) {
   at::parallel_for(0, g.N * g.Hp * g.Wp, 1024, [&](int64_t begin, int64_t end) {
@@ -596,18 +625,24 @@ at::Tensor int_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::T
   TORCH_CHECK(255 * K * (pk->max_abs_w + pk->max_abs_z) < (int64_t{1} << 31),
               "int_conv2d: the int32 sums could overflow (", K, " products per output); use the reference backend");
 
-  // The NHWC padded input, or x itself when it already is that buffer.
+  // The zero-padded NHWC input: x itself when it already is that buffer; else, for the VNNI kernels without box
+  // sums, padded per image inside run_vnni; else (box sums, which read the padded batch; the portable kernel) a
+  // padded copy of the whole batch.
+  const bool has_box = !pk->folded;
+  const bool x_is_padded = g.ph == 0 && g.pw == 0 && g.Cg4 == g.Cg && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  // (Weight-major order visits each image once per output-channel block: it takes the batch copy, made once.)
+  const bool pad_per_image = pk->vnni && !has_box && !x_is_padded && !use_weight_major(*pk);
+  const InputView x_view(x);
   at::Tensor xp_t;
-  const uint8_t* xp;
-  if (g.ph == 0 && g.pw == 0 && g.Cg4 == g.Cg && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+  const uint8_t* xp = nullptr;
+  if (x_is_padded) {
     xp = x.const_data_ptr<uint8_t>();
-  } else {
+  } else if (!pad_per_image) {
     xp_t = at::empty({g.N * g.Hp * g.Wp * g.Cp}, x.options());
     pad_input(x, g, xp_t.data_ptr<uint8_t>());
     xp = xp_t.const_data_ptr<uint8_t>();
   }
   at::Tensor S_t;
-  const bool has_box = !pk->folded;
   if (has_box) {
     S_t = at::empty({g.N * g.Hp * g.Wp * g.G}, x.options().dtype(at::kInt));
     channel_sums(xp, g, S_t.data_ptr<int32_t>());
@@ -654,7 +689,7 @@ at::Tensor int_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::T
 
 #if defined(ADADFQ_INT_VNNI)
   if (pk->vnni) {
-    run_vnni(g, *pk, xp, has_box ? S_t.const_data_ptr<int32_t>() : nullptr, ep);
+    run_vnni(g, *pk, xp, &x_view, has_box ? S_t.const_data_ptr<int32_t>() : nullptr, ep);
   } else {
     run_generic(g, *pk, xp, ep);
   }
