@@ -103,3 +103,79 @@ def test_opcheck(layout):
     y = _input((2, 3, 5, 7), 2.0, seed=3)
     y = {"contiguous": y, "channels_last": y.contiguous(memory_format=torch.channels_last), "sliced": y[:, ::2]}[layout]
     torch.library.opcheck(torch.ops.adadfq_native.quantize_codes.default, (y, 2.0, 8.0, 4, True))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The optional per-channel affine (a float layer's eval BN folded into the pass)
+# ---------------------------------------------------------------------------------------------------------------
+def _fma_emulated(y, mult, add):
+    """float32 fma per channel (dim 1), exact: a product of two float32 values is exact in float64."""
+    shape = (1, -1) + (1,) * (y.dim() - 2)
+    return (y.double() * mult.double().reshape(shape) + add.double().reshape(shape)).float()
+
+
+@pytest.mark.parametrize("channels", [1, 3, 16, 20])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("relu", [True, False])
+def test_affine_is_one_fma_then_the_steps(channels, layout, relu):
+    g = torch.Generator().manual_seed(channels)
+    y = _input((3, channels, 7, 9), 2.5, seed=channels)
+    if layout == "channels_last":
+        y = y.contiguous(memory_format=torch.channels_last)
+    mult, add = torch.randn(channels, generator=g) * 3, torch.randn(channels, generator=g)
+    got = _codes(y, 2.5, 8.0, 4, relu, mult, add)
+    torch.testing.assert_close(got, _torch_codes(_fma_emulated(y, mult, add), 2.5, 8.0, 4, relu), rtol=0, atol=0)
+    assert got.stride() == y.stride()
+
+
+def test_bn_fold_equals_torch_batch_norm():
+    """The deploy layer folds an eval BN into the pass only when its probe says torch's BN is that fma; on this
+    project's CPU it is, and the codes then equal batch_norm followed by the PyTorch steps."""
+    from adadfq_fast.deploy.modules import _bn_as_fma
+
+    g = torch.Generator().manual_seed(5)
+    c = 16
+    bn = (torch.randn(c, generator=g), torch.rand(c, generator=g) + 0.05, torch.randn(c, generator=g),
+          torch.randn(c, generator=g), False, 0.0, 1e-5)
+    folded = _bn_as_fma(bn, c)
+    if folded is None:
+        pytest.skip("torch's batch norm is not one fma per element on this machine (the fold is then not used)")
+    y = (torch.randn(8, c, 12, 12, generator=g) * 5).contiguous(memory_format=torch.channels_last)
+    want = _torch_codes(torch.nn.functional.batch_norm(y, *bn), 3.0, 8.0, 4, True)
+    torch.testing.assert_close(_codes(y, 3.0, 8.0, 4, True, *folded), want, rtol=0, atol=0)
+
+
+def test_bn_fold_refused_when_the_probe_differs(monkeypatch):
+    from adadfq_fast.deploy import modules
+
+    c = 8
+    bn = (torch.randn(c), torch.rand(c) + 0.05, torch.randn(c), torch.randn(c), False, 0.0, 1e-5)
+    real = torch.nn.functional.batch_norm
+
+    def two_roundings(x, mean, var, w, b, training, momentum, eps):  # a BN computed as (x - mean) * ... instead
+        if x.shape[0] == 1:
+            return real(x, mean, var, w, b, training, momentum, eps)
+        shape = (1, -1, 1, 1)
+        return (x - mean.reshape(shape)) * (torch.rsqrt(var + eps) * w).reshape(shape) + b.reshape(shape)
+
+    monkeypatch.setattr(modules.F, "batch_norm", two_roundings)
+    assert modules._bn_as_fma(bn, c) is None
+
+
+def test_affine_errors():
+    y = torch.zeros(2, 3, 4, 4)
+    with pytest.raises(RuntimeError, match="give both or neither"):
+        _codes(y, 1.0, 8.0, 4, True, torch.ones(3), None)
+    with pytest.raises(RuntimeError, match=r"channel_mult: expected float32 \[3\]"):
+        _codes(y, 1.0, 8.0, 4, True, torch.ones(4), torch.zeros(3))
+    with pytest.raises(RuntimeError, match="channel_add: expected float32"):
+        _codes(y, 1.0, 8.0, 4, True, torch.ones(3), torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck_affine(layout):
+    y = _input((2, 3, 5, 7), 2.0, seed=4)
+    if layout == "channels_last":
+        y = y.contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.adadfq_native.quantize_codes.default,
+                          (y, 2.0, 8.0, 4, True, torch.rand(3) + 0.5, torch.randn(3)))

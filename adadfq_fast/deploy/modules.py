@@ -123,6 +123,31 @@ def _fused_codes_kernel(y: Tensor) -> Optional[Callable]:
     return quantize_codes
 
 
+def _bn_as_fma(bn, channels: int) -> Optional[tuple]:
+    """``(alpha, beta)`` with ``batch_norm(y) == fma(y, alpha, beta)`` bit for bit on this machine, else None.
+
+    torch's CPU eval batch norm computes ``y * alpha + beta`` with one rounding, ``alpha = rsqrt(var + eps) * w``
+    and ``beta = fma(-mean, alpha, b)`` (torch 2.13, AVX-512 build, found by testing candidate formulas). That is
+    an implementation detail, so it is checked here rather than assumed: ``beta`` is read back as the batch norm of
+    zeros, and a probe of values spread over twelve decades (both signs, a channels_last map like the conv's
+    output) must match bit for bit, the fma emulated exactly in float64 (the product of two float32 values is
+    exact there). Any mismatch keeps the separate batch-norm pass.
+    """
+    mean, var, weight, bias, _, _, eps = bn
+    if mean.device.type != "cpu":
+        return None
+    alpha = torch.rsqrt(var + eps) * weight
+    zeros = torch.zeros(1, channels, 2, 2).contiguous(memory_format=torch.channels_last)
+    beta = F.batch_norm(zeros, mean, var, weight, bias, False, 0.0, eps)[0, :, 0, 0].contiguous()
+    g = torch.Generator().manual_seed(0)
+    probe = torch.randn(4, channels, 16, 16, generator=g) * torch.pow(10.0, torch.empty(4, channels, 16, 16).uniform_(-6, 6, generator=g))
+    probe = probe.contiguous(memory_format=torch.channels_last)
+    want = F.batch_norm(probe, mean, var, weight, bias, False, 0.0, eps)
+    shape = (1, channels, 1, 1)
+    got = (probe.double() * alpha.double().reshape(shape) + beta.double().reshape(shape)).float()
+    return (alpha.contiguous(), beta) if torch.equal(got, want) else None
+
+
 class _FloatConv:
     """A conv in float32 with the dequantized weights (input image, or an input that is not uint8 codes).
 
@@ -155,6 +180,10 @@ class _FloatConv:
         self.pad_channel = self.weight.shape[1] == 1 and self.params[3] == 1 and not self.in_codes
         if self.pad_channel:
             self.weight = torch.cat([self.weight, torch.zeros_like(self.weight)], dim=1)
+        # On CPU, an eval BN followed directly by the quantizer runs inside the one-pass codes kernel (one pass over
+        # the float map instead of two) when it provably computes the same floats (_bn_as_fma); set in _build,
+        # which knows whether a max pool sits between them.
+        self.bn_fma = None
         if self.out_bits:
             half = 2 ** (self.out_bits - 1)
             self.q_lo, self.q_hi = -half, half - 1
@@ -167,6 +196,10 @@ class _FloatConv:
         if self.pad_channel:
             x = torch.cat([x, torch.zeros_like(x)], dim=1).contiguous(memory_format=torch.channels_last)
         y = F.conv2d(x, self.weight, self.bias, *self.params)
+        if self.bn_fma is not None and y.device.type == "cpu" and not use_custom_op(y):
+            regs[self.out] = native_op("quantize_codes")(y, self.scale, self.zero, self.out_bits, self.relu,
+                                                         *self.bn_fma)
+            return
         if self.bn is not None:
             if y.device.type == "cpu":
                 # In place (an element-wise op in eval mode): same values as F.batch_norm (tested), without a
@@ -366,6 +399,10 @@ class IntegerModel(nn.Module):
                        for j in range(len(self.layers))]
         if self.FUSE_FLOAT_POOL:
             self._fuse_float_pools()
+        for run in self._runners:
+            if (isinstance(run, _FloatConv) and run.bn is not None and run.res is None and run.pool is None
+                    and run.out_bits and has_native_kernel("quantize_codes", "CPU")):
+                run.bn_fma = _bn_as_fma(run.bn, run.weight.shape[0])
         first = self.layers[0]
         self.in_channels = int(self.meta.get("in_channels", 0)) or None
         self._first_float = first.kind == "conv" and not first.cfg["int"]

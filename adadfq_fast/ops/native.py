@@ -50,7 +50,11 @@ SCHEMAS = {
 DEPLOY_SCHEMAS = {
     # The QuantAct steps of a float layer in one pass: float32 -> uint8 codes, same strides. C++ on CPU
     # (csrc/cpu/quantize_codes.cpp); on CUDA the deploy code calls the Triton kernel kernels/quantize_codes.py.
-    "quantize_codes": "(Tensor y, float scale, float zero, int bits, bool relu) -> Tensor",
+    # Optionally a per-channel affine fma(y, channel_mult[c], channel_add[c]) first (a float layer's eval BN).
+    "quantize_codes": (
+        "(Tensor y, float scale, float zero, int bits, bool relu, Tensor? channel_mult=None,"
+        " Tensor? channel_add=None) -> Tensor"
+    ),
 }
 
 _lib = torch.library.Library(NAMESPACE, "DEF")
@@ -59,7 +63,7 @@ for _name, _schema in {**SCHEMAS, **DEPLOY_SCHEMAS}.items():
 
 
 @torch.library.register_fake(f"{NAMESPACE}::quantize_codes")
-def _quantize_codes_fake(y, scale, zero, bits, relu):
+def _quantize_codes_fake(y, scale, zero, bits, relu, channel_mult=None, channel_add=None):
     # The kernel keeps a dense input's strides and makes anything else contiguous first.
     dense = y if torch._prims_common.is_non_overlapping_and_dense_or_false(y) else y.contiguous()
     return torch.empty_like(dense, dtype=torch.uint8)

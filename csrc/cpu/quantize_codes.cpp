@@ -12,6 +12,11 @@
 // * NaN gives q = 0 (code `zero`), as the PyTorch steps do on x86 (NaN survives round and clamp, and the float
 //   to int8 conversion returns 0 for it); relu keeps NaN, as torch.relu does.
 // The output has the input's strides (any dense layout: the map is processed as flat memory).
+//
+// Optionally, a per-channel affine first: v = fma(y, channel_mult[c], channel_add[c]) (one rounding), c the index
+// along dim 1. The integer model passes a float layer's eval BatchNorm here after checking, when it builds the
+// layer, that this is bit for bit what torch's batch_norm computes on this machine (deploy/modules.py,
+// _bn_as_fma); that saves the separate BN pass over the float map.
 #include "cpu_common.h"
 
 namespace adadfq::cpu {
@@ -23,7 +28,9 @@ struct CodesParams {
   bool relu;
 };
 
-inline uint8_t code_scalar(float y, const CodesParams& p) {
+// y -> fma(y, mult, add) per channel (the optional affine), then the codes.
+inline uint8_t code_scalar(float y, const CodesParams& p, float mult = 1.f, float add = 0.f, bool affine = false) {
+  if (affine) y = std::fma(y, mult, add);
   if (p.relu) y = y < 0.f ? 0.f : y;  // keeps NaN and -0.0, like torch.relu
   float v = sub_rn(mul_rn(p.scale, y), p.zero);
   if (v != v) return static_cast<uint8_t>(p.zero_int);
@@ -31,27 +38,63 @@ inline uint8_t code_scalar(float y, const CodesParams& p) {
   return static_cast<uint8_t>(static_cast<int32_t>(v) + p.zero_int);
 }
 
-void codes_span(const float* y, uint8_t* out, int64_t n, const CodesParams& p) {
-  int64_t i = 0;
 #if defined(__AVX512F__)
-  const __m512 scale = _mm512_set1_ps(p.scale), zero = _mm512_set1_ps(p.zero), qmin = _mm512_set1_ps(p.qmin),
-               qmax = _mm512_set1_ps(p.qmax);
-  const __m512i zero_int = _mm512_set1_epi32(p.zero_int);
-  for (; i + 16 <= n; i += 16) {
-    __m512 v = _mm512_loadu_ps(y + i);
+struct CodesVec {
+  explicit CodesVec(const CodesParams& p)
+      : scale(_mm512_set1_ps(p.scale)), zero(_mm512_set1_ps(p.zero)), qmin(_mm512_set1_ps(p.qmin)),
+        qmax(_mm512_set1_ps(p.qmax)), zero_int(_mm512_set1_epi32(p.zero_int)), relu(p.relu) {}
+  __m512 scale, zero, qmin, qmax;
+  __m512i zero_int;
+  bool relu;
+
+  // 16 floats -> 16 codes (in the low bytes of the result).
+  __m128i operator()(__m512 v) const {
     // max(0, v) returns its second operand for NaN: NaN passes, as in torch.relu.
-    if (p.relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+    if (relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
     v = _mm512_sub_ps(_mm512_mul_ps(scale, v), zero);
     v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);  // NaN -> 0, so q = 0
     v = _mm512_min_ps(_mm512_max_ps(v, qmin), qmax);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
-                     _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(v), zero_int)));
+    return _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(v), zero_int));
+  }
+};
+#endif
+
+// n elements without the affine, or all of one channel (scalar mult/add).
+void codes_span(const float* y, uint8_t* out, int64_t n, const CodesParams& p, bool affine, float mult, float add) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const CodesVec codes(p);
+  const __m512 m = _mm512_set1_ps(mult), a = _mm512_set1_ps(add);
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_loadu_ps(y + i);
+    if (affine) v = _mm512_fmadd_ps(v, m, a);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), codes(v));
   }
 #endif
-  for (; i < n; ++i) out[i] = code_scalar(y[i], p);
+  for (; i < n; ++i) out[i] = code_scalar(y[i], p, mult, add, affine);
 }
 
-at::Tensor quantize_codes(const at::Tensor& y, double scale, double zero, int64_t bits, bool relu) {
+// `pixels` runs of C channels (channels innermost), the affine per channel.
+void codes_pixels(const float* y, uint8_t* out, int64_t pixels, int64_t C, const float* mult, const float* add,
+                  const CodesParams& p) {
+#if defined(__AVX512F__)
+  const CodesVec codes(p);
+  for (int64_t px = 0; px < pixels; ++px, y += C, out += C) {
+    for (int64_t c = 0; c < C; c += 16) {
+      const __mmask16 mask = C - c >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (C - c)) - 1);
+      const __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, y + c), _mm512_maskz_loadu_ps(mask, mult + c),
+                                       _mm512_maskz_loadu_ps(mask, add + c));
+      _mm_mask_storeu_epi8(out + c, mask, codes(v));
+    }
+  }
+#else
+  for (int64_t px = 0; px < pixels; ++px, y += C, out += C)
+    for (int64_t c = 0; c < C; ++c) out[c] = code_scalar(y[c], p, mult[c], add[c], true);
+#endif
+}
+
+at::Tensor quantize_codes(const at::Tensor& y, double scale, double zero, int64_t bits, bool relu,
+                          const std::optional<at::Tensor>& channel_mult, const std::optional<at::Tensor>& channel_add) {
   check_cpu(y, "y");
   TORCH_CHECK(y.scalar_type() == at::kFloat, "y: expected float32, got ", y.scalar_type());
   TORCH_CHECK(bits >= 2 && bits <= 8, "bits: expected 2..8, got ", bits);
@@ -59,6 +102,20 @@ at::Tensor quantize_codes(const at::Tensor& y, double scale, double zero, int64_
   const double half = static_cast<double>(int64_t{1} << (bits - 1));
   TORCH_CHECK(zero == std::floor(zero) && zero - half >= 0 && zero + half - 1 <= 255,
               "zero: expected an integer zero point whose codes lie in [0, 255], got ", zero);
+  const bool affine = channel_mult.has_value() && channel_mult->defined();
+  TORCH_CHECK(affine == (channel_add.has_value() && channel_add->defined()),
+              "channel_mult/channel_add: give both or neither");
+  at::Tensor mult, add;
+  if (affine) {
+    TORCH_CHECK(y.dim() >= 2, "y: the per-channel affine needs a channel dimension (dim 1), got shape ", y.sizes());
+    for (const auto& [t, name] : {std::pair{*channel_mult, "channel_mult"}, std::pair{*channel_add, "channel_add"}}) {
+      check_cpu(t, name);
+      TORCH_CHECK(t.scalar_type() == at::kFloat && t.dim() == 1 && t.size(0) == y.size(1), name,
+                  ": expected float32 [", y.size(1), "], got ", t.scalar_type(), " ", t.sizes());
+    }
+    mult = channel_mult->contiguous();
+    add = channel_add->contiguous();
+  }
   // A dense input (any dimension order) is one flat run of memory; anything else is made contiguous first.
   const at::Tensor src = y.is_non_overlapping_and_dense() ? y : y.contiguous();
   at::Tensor out = at::empty_like(src, src.options().dtype(at::kByte));
@@ -68,10 +125,30 @@ at::Tensor quantize_codes(const at::Tensor& y, double scale, double zero, int64_
                 static_cast<float>(half - 1), static_cast<int32_t>(zero), relu};
   const float* in = src.const_data_ptr<float>();
   uint8_t* dst = out.data_ptr<uint8_t>();
-  at::parallel_for(0, (n + 15) / 16, kGrain / 16, [&](int64_t begin, int64_t end) {
-    const int64_t lo = begin * 16, hi = std::min(end * 16, n);
-    codes_span(in + lo, dst + lo, hi - lo, p);
-  });
+  if (!affine) {
+    at::parallel_for(0, (n + 15) / 16, kGrain / 16, [&](int64_t begin, int64_t end) {
+      const int64_t lo = begin * 16, hi = std::min(end * 16, n);
+      codes_span(in + lo, dst + lo, hi - lo, p, false, 1.f, 0.f);
+    });
+    return out;
+  }
+  // Channel c of flat element i is (i / inner) % C, inner = the channel stride of the dense layout.
+  const int64_t C = src.size(1), inner = inner_size(src, 1, C);
+  const float* m = mult.const_data_ptr<float>();
+  const float* a = add.const_data_ptr<float>();
+  if (inner == 1) {  // channels innermost (channels_last): runs of C channels per pixel
+    const int64_t pixels = n / C;
+    at::parallel_for(0, pixels, std::max<int64_t>(1, kGrain / C), [&](int64_t begin, int64_t end) {
+      codes_pixels(in + begin * C, dst + begin * C, end - begin, C, m, a, p);
+    });
+  } else {  // runs of `inner` elements of one channel (NCHW: the H*W plane)
+    at::parallel_for(0, n / inner, std::max<int64_t>(1, kGrain / inner), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t c = r % C;
+        codes_span(in + r * inner, dst + r * inner, inner, p, true, m[c], a[c]);
+      }
+    });
+  }
   return out;
 }
 
