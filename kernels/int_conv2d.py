@@ -292,10 +292,7 @@ def int_conv2d(
             *common, **flags, BLOCK_P=DW_BLOCK_P, BLOCK_C=block_c, num_warps=4, enable_fp_fusion=False,
         )
         return out
-    # Input channels contiguous in the weight (the loop's K order): coalesced weight tiles on a GPU.
-    weight = weight.contiguous(memory_format=torch.channels_last)
-    # Sum of each output channel's weight levels (one small reduction per call; it undoes the kernel's m - 128).
-    wsum = weight.sum(dim=(1, 2, 3), dtype=torch.int32)
+    weight, wsum = prepared_weight(weight)
     exact32 = int32_total_is_exact(zero_arg, cg * kh * kw)
     args = (x, weight, weight_zero, wsum, out_mult, out_bias, res, out, n_pixels, h, w, ho, wo, cg, cout_g)
     tail = (kh, kw, cg * kh * kw,
@@ -339,27 +336,56 @@ TUNE_REPEATS = 5
 _TUNED: dict = {}
 
 
-# max |z_w| per weight_zero tensor: id -> (weak reference, tensor version, bound). Reading it is a host
-# synchronisation, so it happens once per tensor (an integer model passes the same tensors at every call).
-_ZERO_BOUND: dict = {}
+# Values derived from a launcher argument, memoized per tensor: id -> (weak reference, tensor version, value). An
+# integer model passes the same weight tensors at every call, so they are derived once. Not memoized: inference
+# tensors (torch.inference_mode: they have no version counter to notice an in-place change) and anything computed
+# while a CUDA graph is being captured (its tensors would only be filled when the graph replays).
+_ZERO_BOUND: dict = {}  # weight_zero -> max |z_w| (reading it is a host synchronisation)
+_WEIGHT_PREP: dict = {}  # weight -> (its channels_last copy or None when it already is one, per-channel level sums)
+
+
+def _memo_get(cache: dict, t: torch.Tensor):
+    if t.is_inference():
+        return None
+    hit = cache.get(id(t))
+    return hit[2] if hit is not None and hit[0]() is t and hit[1] == t._version else None
+
+
+def _memo_put(cache: dict, t: torch.Tensor, value) -> None:
+    if t.is_inference() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    if len(cache) > 4096:  # drop the entries of tensors that are gone
+        for key in [k for k, v in cache.items() if v[0]() is None]:
+            del cache[key]
+    cache[id(t)] = (weakref.ref(t), t._version, value)
 
 
 def int32_total_is_exact(weight_zero: torch.Tensor, k_real: int) -> bool:
     """Whether acc + z_w * box fits int32 for every possible input: |m| <= 255, |q_w| <= 128, k_real taps, so
     |acc + z_w * box| <= 255 * k_real * (128 + max |z_w|). Unknown bound inside a CUDA-graph capture (no host
     read possible there): False, the int64 path, which is always exact."""
-    hit = _ZERO_BOUND.get(id(weight_zero))
-    if hit is not None and hit[0]() is weight_zero and hit[1] == weight_zero._version:
-        z_max = hit[2]
-    elif weight_zero.is_cuda and torch.cuda.is_current_stream_capturing():
-        return False
-    else:
+    z_max = _memo_get(_ZERO_BOUND, weight_zero)
+    if z_max is None:
+        if weight_zero.is_cuda and torch.cuda.is_current_stream_capturing():
+            return False
         z_max = int(weight_zero.abs().max()) if weight_zero.numel() else 0
-        if len(_ZERO_BOUND) > 4096:  # drop the entries of tensors that are gone
-            for key in [k for k, v in _ZERO_BOUND.items() if v[0]() is None]:
-                del _ZERO_BOUND[key]
-        _ZERO_BOUND[id(weight_zero)] = (weakref.ref(weight_zero), weight_zero._version, z_max)
+        _memo_put(_ZERO_BOUND, weight_zero, z_max)
     return 255 * k_real * (128 + z_max) < 2**31
+
+
+def prepared_weight(weight: torch.Tensor):
+    """``(weight in channels_last, sum of each output channel's levels as int32)``: input channels contiguous (the
+    GEMM loop's K order: coalesced weight tiles on a GPU), and the sums that undo the kernel's m - 128. Two extra
+    kernel launches per call when computed, so memoized per weight tensor."""
+    hit = _memo_get(_WEIGHT_PREP, weight)
+    if hit is not None:
+        copy, wsum = hit
+        return (weight if copy is None else copy), wsum
+    weight_cl = weight.contiguous(memory_format=torch.channels_last)
+    wsum = weight_cl.sum(dim=(1, 2, 3), dtype=torch.int32)
+    # The cache must not hold the weight itself (its weak reference would never die): None stands for it.
+    _memo_put(_WEIGHT_PREP, weight, (None if weight_cl is weight else weight_cl, wsum))
+    return weight_cl, wsum
 
 
 def tuned_tiles() -> list:

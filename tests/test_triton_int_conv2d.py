@@ -197,6 +197,31 @@ def test_non_contiguous_inputs():
     _run(x[:, :, 1:, :7], q, z, 1, 1, 1, 1, mult, bias)  # a strided window of x
 
 
+def test_weight_preparation_is_memoized_and_follows_in_place_changes():
+    x = _codes((1, 16, 6, 6))
+    q, z = _weights(16, 16, 3, 3, 4)
+    mult, bias = _epilogue(16)
+    _run(x, q, z, 1, 1, 1, 1, mult, bias, out_bits=4, out_zero=8.0)
+    first = mod.prepared_weight(q)
+    assert mod.prepared_weight(q)[1] is first[1]  # the second call reuses the sums (no new kernels)
+    q.neg_().clamp_(-8, 7)  # in place: the version changes, so the next call prepares again
+    assert mod.prepared_weight(q)[1] is not first[1]
+    _run(x, q, z, 1, 1, 1, 1, mult, bias, out_bits=4, out_zero=8.0)
+    z.add_(1)  # the zero-point bound follows in-place changes too
+    _run(x, q, z, 1, 1, 1, 1, mult, bias, out_bits=4, out_zero=8.0)
+
+
+def test_inference_tensors():
+    """Tensors made under torch.inference_mode have no version counter: nothing is memoized for them (this
+    raised before), and results are still exact."""
+    with torch.inference_mode():
+        x = _codes((1, 16, 6, 6))
+        q, z = _weights(16, 16, 3, 3, 4)
+        mult, bias = _epilogue(16)
+        _run(x, q, z, 1, 1, 1, 1, mult, bias, out_bits=4, out_zero=8.0)
+    assert mod._memo_get(mod._WEIGHT_PREP, q) is None and mod._memo_get(mod._ZERO_BOUND, z) is None
+
+
 def test_empty_batch():
     x = torch.zeros(0, 16, 6, 6, dtype=torch.uint8, device=DEVICE)
     q, z = _weights(8, 16, 3, 3, 4)
