@@ -2,7 +2,7 @@
 
 The integer model's float layers (the first conv, which reads the float image) end with Q's QuantAct steps:
 ``relu``, ``v = s * y`` then ``v - zp``, round half to even, clamp to ``[-2^(k-1), 2^(k-1) - 1]``, code ``q + zp``.
-As PyTorch ops (``deploy.modules._quantize_codes``) that is six passes over a float32 map; at ResNet-18's
+As PyTorch ops (``deploy.modules.quantize_codes_steps``) that is six passes over a float32 map; at ResNet-18's
 112 x 112 x 64 first-layer output and batch 256 (822 MB) those passes took longer than all integer convolutions
 together on an H200. Here they are one read of the floats and one write of the bytes.
 

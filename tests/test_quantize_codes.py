@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from adadfq_fast.deploy.modules import _fused_codes_kernel, _quantize_codes
+from adadfq_fast.deploy.modules import _fused_codes_kernel, quantize_codes_steps
 from adadfq_fast.ops.native import has_native_kernel, native_op
 
 pytestmark = pytest.mark.skipif(not has_native_kernel("quantize_codes", "CPU"),
@@ -13,11 +13,7 @@ pytestmark = pytest.mark.skipif(not has_native_kernel("quantize_codes", "CPU"),
 
 
 def _torch_codes(y, scale, zero, bits, relu):
-    y = y.clone()
-    if relu:
-        y = torch.relu_(y)
-    half = 2 ** (bits - 1)
-    return _quantize_codes(y.mul_(scale).sub_(zero), -half, half - 1, zero)
+    return quantize_codes_steps(y.clone(), scale, zero, bits, relu)  # (the steps work in place)
 
 
 def _codes(*args):

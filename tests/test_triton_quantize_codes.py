@@ -3,7 +3,7 @@ steps it replaces on the GPU (deploy.modules: relu, s*y, - zp, round, clamp, + z
 import pytest
 import torch
 
-from adadfq_fast.deploy.modules import _quantize_codes
+from adadfq_fast.deploy.modules import quantize_codes_steps
 from helpers import import_triton_kernel, triton_device
 
 DEVICE = triton_device()
@@ -13,11 +13,7 @@ pytestmark = pytest.mark.triton
 
 
 def _torch_codes(y, scale, zero, bits, relu):
-    y = y.clone()
-    if relu:
-        y = torch.relu_(y)
-    half = 2 ** (bits - 1)
-    return _quantize_codes(y.mul_(scale).sub_(zero), -half, half - 1, zero)
+    return quantize_codes_steps(y.clone(), scale, zero, bits, relu)  # (the steps work in place)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])

@@ -71,12 +71,17 @@ def bn_affine(layer: Layer):
 _EMPTY = torch.empty(0)  # unused statistics outputs of the in-place eval batch norm
 
 
-def _quantize_codes(v: Tensor, lo: float, hi: float, zero: float) -> Tensor:
-    """``v = s*y - zp`` (already formed) -> uint8 codes ``clamp(round(v), lo, hi) + zp`` (rounds ``v`` in place).
+def quantize_codes_steps(y: Tensor, scale: float, zero: float, bits: int, relu: bool) -> Tensor:
+    """The QuantAct's float32 steps as PyTorch ops, in place on ``y``: optional ReLU, ``s*y``, ``- zp``, round half
+    to even, clamp to ``[-2^(k-1), 2^(k-1) - 1]``, then the uint8 code ``q + zp``. The one-pass kernels
+    (:func:`_fused_codes_kernel`) have this signature and must give these bytes.
 
-    The level q = clamp(round(v)) fits int8; float -> int8 is a fast conversion (float -> uint8 is not), and
-    adding zp in uint8 arithmetic (mod 256) gives q + zp exactly, since the code lies in [0, 255]."""
-    q = v.round_().clamp_(lo, hi).to(torch.int8)
+    The level q fits int8; float -> int8 is a fast conversion (float -> uint8 is not), and adding zp in uint8
+    arithmetic (mod 256) gives q + zp exactly, since the code lies in [0, 255]."""
+    if relu:
+        y = torch.relu_(y)
+    half = 2 ** (bits - 1)
+    q = y.mul_(scale).sub_(zero).round_().clamp_(-half, half - 1).to(torch.int8)
     return q.view(torch.uint8).add_(int(zero))
 
 
@@ -140,8 +145,9 @@ def _bn_as_fma(bn, channels: int) -> Optional[tuple]:
     zeros = torch.zeros(1, channels, 2, 2).contiguous(memory_format=torch.channels_last)
     beta = F.batch_norm(zeros, mean, var, weight, bias, False, 0.0, eps)[0, :, 0, 0].contiguous()
     g = torch.Generator().manual_seed(0)
-    probe = torch.randn(4, channels, 16, 16, generator=g) * torch.pow(10.0, torch.empty(4, channels, 16, 16).uniform_(-6, 6, generator=g))
-    probe = probe.contiguous(memory_format=torch.channels_last)
+    values = torch.randn(4, channels, 16, 16, generator=g)
+    decades = torch.empty(4, channels, 16, 16).uniform_(-6, 6, generator=g)
+    probe = (values * torch.pow(10.0, decades)).contiguous(memory_format=torch.channels_last)
     want = F.batch_norm(probe, mean, var, weight, bias, False, 0.0, eps)
     shape = (1, channels, 1, 1)
     got = (probe.double() * alpha.double().reshape(shape) + beta.double().reshape(shape)).float()
@@ -185,8 +191,6 @@ class _FloatConv:
         # which knows whether a max pool sits between them.
         self.bn_fma = None
         if self.out_bits:
-            half = 2 ** (self.out_bits - 1)
-            self.q_lo, self.q_hi = -half, half - 1
             self.scale, self.zero = float(cfg["out_scale"]), float(cfg["out_zero"])
 
     def __call__(self, regs: List[Optional[Tensor]], kernel: Callable) -> None:
@@ -214,17 +218,11 @@ class _FloatConv:
             y = y + (r.to(torch.float32) / self.res_scale if self.res_codes else r)
         if self.pool is not None:
             y = F.max_pool2d(y, *self.pool)
-        fused = _fused_codes_kernel(y) if self.out_bits else None
-        if fused is not None:  # ReLU + the QuantAct's steps in one pass (bit-identical, see the kernels)
-            codes = fused(y, self.scale, self.zero, self.out_bits, self.relu)
-        else:
-            if self.relu:
-                y = torch.relu_(y)
-            if self.out_bits == 0:
-                regs[self.out] = y
-                return
-            # The QuantAct's float32 steps (s*y, then - zp, round half to even, clamp), then the code q + zp.
-            codes = _quantize_codes(y.mul_(self.scale).sub_(self.zero), self.q_lo, self.q_hi, self.zero)
+        if self.out_bits == 0:
+            regs[self.out] = torch.relu_(y) if self.relu else y
+            return
+        # ReLU + the QuantAct's steps: one pass where a kernel serves y (bit-identical), else the PyTorch steps.
+        codes = (_fused_codes_kernel(y) or quantize_codes_steps)(y, self.scale, self.zero, self.out_bits, self.relu)
         regs[self.out] = codes if codes.is_contiguous(memory_format=torch.channels_last) else \
             codes.contiguous(memory_format=torch.channels_last)
 

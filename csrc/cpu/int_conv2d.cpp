@@ -629,7 +629,8 @@ at::Tensor int_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::T
   // sums, padded per image inside run_vnni; else (box sums, which read the padded batch; the portable kernel) a
   // padded copy of the whole batch.
   const bool has_box = !pk->folded;
-  const bool x_is_padded = g.ph == 0 && g.pw == 0 && g.Cg4 == g.Cg && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool x_is_padded =
+      g.ph == 0 && g.pw == 0 && g.Cg4 == g.Cg && x.is_contiguous(at::MemoryFormat::ChannelsLast);
   // (Weight-major order visits each image once per output-channel block: it takes the batch copy, made once.)
   const bool pad_per_image = pk->vnni && !has_box && !x_is_padded && !use_weight_major(*pk);
   const InputView x_view(x);
