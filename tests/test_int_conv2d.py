@@ -152,7 +152,7 @@ CASES = [
     (2, 6, 9, 9, 10, 3, 1, 2, 2, 2),     # 3 channels per group (not a multiple of 4), dilation 2
     (1, 5, 7, 8, 7, 2, 1, 0, 1, 1),      # odd channels, even kernel, no padding
     (3, 64, 6, 6, 80, 3, 1, 1, 1, 1),    # wide: several output-channel blocks and a tail
-    (2, 64, 7, 7, 64, 3, 1, 1, 1, 1),    # 7x7 map: tiles of pixels across rows
+    (2, 64, 7, 7, 64, 3, 1, 1, 1, 1),    # 7x7 map: rows of two unequal tiles (4 + 3 pixels)
 ]
 
 
@@ -176,17 +176,17 @@ def test_bit_exact_shapes(backend_order, case, layout):
 
 # Geometries for the C++ kernel's direct reads of channels_last x (weights of <= 7 bits fold their zero points, so
 # no padded copy is made): windows that cross every border, padding wider than the kernel's reach (whole windows
-# in the padding), dilation and groups (one run per tap), rows split into several tiles, tiles spanning rows.
+# in the padding), dilation and groups (one run per tap), rows split into several tiles.
 DIRECT_CASES = [
     # (n, c, h, w, o, k, stride, padding, dilation, groups)
     (2, 16, 32, 32, 16, 3, 1, 1, 1, 1),  # ResNet-20 stage 1 rows: 4 tiles per row, the outer two on the border
-    (2, 32, 16, 16, 32, 3, 1, 1, 1, 1),  # stage 2: tiles across rows
+    (2, 32, 16, 16, 32, 3, 1, 1, 1, 1),  # stage 2: two 8-pixel tiles per row
     (2, 16, 13, 11, 32, 3, 2, 1, 1, 1),  # stride 2, odd sizes
     (2, 16, 9, 10, 16, 3, 1, 3, 1, 1),   # padding 3 > reach: rows and columns of windows entirely in the padding
     (1, 8, 11, 12, 24, 5, 1, 4, 2, 1),   # 5x5 dilation 2: one run per tap
     (2, 32, 9, 9, 32, 3, 1, 1, 1, 2),    # 2 groups of 16: one run per tap, group offsets in the patch
     (1, 4, 20, 21, 16, 7, 2, 3, 1, 1),   # 7x7 stride 2 on 4 channels
-    (2, 64, 8, 8, 64, 3, 1, 1, 1, 1),    # stage 3: 4 output vectors, tiles across rows
+    (2, 64, 8, 8, 64, 3, 1, 1, 1, 1),    # stage 3: 4 output vectors, two 4-pixel tiles per row
     (1, 64, 3, 2, 48, 3, 1, 1, 1, 1),    # a map smaller than the kernel's reach
     (2, 16, 12, 40, 16, 1, 1, 0, 1, 1),  # 1x1: every window inside
 ]

@@ -357,8 +357,6 @@ inline void epilogue_vec(const Epilogue& ep, const EpilogueConsts& k, __m512i to
 struct Tile {
   const uint8_t* x;        // padded input at the window origin of the first pixel, group's channels
   int64_t pix_stride;      // bytes between the windows of consecutive output pixels (stride_w * Cp)
-  const int64_t* pix_off;  // [P] byte offsets of the pixels' windows from x (tiles spanning rows only)
-  const int64_t* out_off;  // [P] element offsets of the pixels' outputs from e0 (tiles spanning rows only)
   const int64_t* tap_off;  // [T] byte offsets of the contiguous runs of the window from its origin
   int64_t T, C4;           // runs, 4-channel steps per run
   const int8_t* w;         // packed weights of the block
@@ -369,9 +367,8 @@ struct Tile {
   const int32_t* box;      // [P] box sums (when has_box)
 };
 
-// kUniform: the P pixels are consecutive in one output row (windows pix_stride bytes apart); else they may span
-// rows (small images), at the offsets in pix_off / out_off.
-template <int NB, int P, bool kUniform>
+// The P pixels are consecutive in one output row: their windows lie pix_stride bytes apart.
+template <int NB, int P>
 void vnni_tile(const Tile& t, const Epilogue& ep) {
   __m512i acc[P][NB];
 #pragma GCC unroll 32
@@ -390,7 +387,7 @@ void vnni_tile(const Tile& t, const Epilogue& ep) {
 #pragma GCC unroll 32
       for (int p = 0; p < P; ++p) {
         int32_t four;
-        std::memcpy(&four, xt + (kUniform ? p * ps : t.pix_off[p]), 4);
+        std::memcpy(&four, xt + p * ps, 4);
         const __m512i xv = _mm512_set1_epi32(four);
 #pragma GCC unroll 4
         for (int nb = 0; nb < NB; ++nb) acc[p][nb] = _mm512_dpbusd_epi32(acc[p][nb], xv, wv[nb]);
@@ -411,7 +408,7 @@ void vnni_tile(const Tile& t, const Epilogue& ep) {
     for (int p = 0; p < P; ++p) {
       __m512i total = acc[p][nb];
       if (e.has_box) total = _mm512_add_epi32(total, _mm512_mullo_epi32(zeff, _mm512_set1_epi32(t.box[p])));
-      epilogue_vec(e, k, total, mult, bias, t.e0 + (kUniform ? p * t.O : t.out_off[p]) + nb * 16, mask);
+      epilogue_vec(e, k, total, mult, bias, t.e0 + p * t.O + nb * 16, mask);
     }
   }
 }
@@ -424,26 +421,21 @@ constexpr int kMaxP[5] = {0, 8, 12, 8, 6};
 
 using TileFn = void (*)(const Tile&, const Epilogue&);
 
-template <int NB, bool kUniform, int... Ps>
+template <int NB, int... Ps>
 constexpr std::array<TileFn, sizeof...(Ps)> tile_table(std::integer_sequence<int, Ps...>) {
-  return {&vnni_tile<NB, Ps + 1, kUniform>...};
+  return {&vnni_tile<NB, Ps + 1>...};
 }
 
-// Tiles spanning rows are used only where a row is shorter than a full tile, and not for NB = 1 (16 pixel
-// offsets would not stay in registers; its tiles are long enough for the CIFAR rows).
-const TileFn* tile_fns(int nb, bool uniform) {
-  static const auto t1 = tile_table<1, true>(std::make_integer_sequence<int, kMaxP[1]>{});
-  static const auto t2 = tile_table<2, true>(std::make_integer_sequence<int, kMaxP[2]>{});
-  static const auto t3 = tile_table<3, true>(std::make_integer_sequence<int, kMaxP[3]>{});
-  static const auto t4 = tile_table<4, true>(std::make_integer_sequence<int, kMaxP[4]>{});
-  static const auto f2 = tile_table<2, false>(std::make_integer_sequence<int, kMaxP[2]>{});
-  static const auto f3 = tile_table<3, false>(std::make_integer_sequence<int, kMaxP[3]>{});
-  static const auto f4 = tile_table<4, false>(std::make_integer_sequence<int, kMaxP[4]>{});
+const TileFn* tile_fns(int nb) {
+  static const auto t1 = tile_table<1>(std::make_integer_sequence<int, kMaxP[1]>{});
+  static const auto t2 = tile_table<2>(std::make_integer_sequence<int, kMaxP[2]>{});
+  static const auto t3 = tile_table<3>(std::make_integer_sequence<int, kMaxP[3]>{});
+  static const auto t4 = tile_table<4>(std::make_integer_sequence<int, kMaxP[4]>{});
   switch (nb) {
     case 1: return t1.data();
-    case 2: return uniform ? t2.data() : f2.data();
-    case 3: return uniform ? t3.data() : f3.data();
-    default: return uniform ? t4.data() : f4.data();
+    case 2: return t2.data();
+    case 3: return t3.data();
+    default: return t4.data();
   }
 }
 
@@ -464,26 +456,21 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
   std::vector<int64_t> tap_off(runs);
   for (int64_t r = 0; r < runs; ++r) tap_off[r] = tap_pix[row_runs ? r * g.kw : r] * g.Cp;
   const int NB = pk.NB, maxP = kMaxP[NB];
-  // Where rows split into short tiles (7x7, 8x8, 14x14 maps), tiles of consecutive pixels across rows instead,
-  // so that every weight vector loaded still feeds ~maxP pixels.
-  const int64_t npix = g.Ho * g.Wo;
+  // Each output row is cut into near-equal tiles of at most maxP pixels. (Tiles of consecutive pixels across rows,
+  // so that short rows still fill maxP pixels per weight load, were tried on 7x7 to 16x16 maps: level with row
+  // tiles at 64+ channels and 3-8% slower at 32, at batch 1 to 256, through their per-pixel address registers.)
+  const TileFn* fns = tile_fns(NB);
   const int64_t ntiles = (g.Wo + maxP - 1) / maxP;
-  const double row_tile = static_cast<double>(g.Wo) / ntiles;
-  const double flat_tile = static_cast<double>(npix) / ((npix + maxP - 1) / maxP);
-  const bool flat = NB >= 2 && flat_tile >= row_tile + 0.5;
-  const TileFn* fns = tile_fns(NB, !flat);
+  const int64_t npix = g.Ho * g.Wo;
   const int64_t block = pk.K4 * NB * 64;
   const int64_t nob = pk.nob;
-  // A chunk is one output row (row tiles) or one tile of an image (tiles across rows).
-  const int64_t per_image = flat ? (npix + maxP - 1) / maxP : g.Ho;
-  const int64_t chunks = g.N * per_image;
+  const int64_t chunks = g.N * g.Ho;  // a chunk is one output row
   const int64_t items = chunks * g.G * nob;
   const int64_t image_bytes = g.Hp * g.Wp * g.Cp;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> image(xp ? 0 : image_bytes);  // this thread's padded image (per-image mode)
     int64_t image_n = -1;
     int32_t box[16];
-    int64_t pix_off[16], out_off[16], in_pix[16];
     for (int64_t it = begin; it < end; ++it) {
       int64_t chunk, gb;
       if (weight_major) {
@@ -493,7 +480,7 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
         chunk = it / (g.G * nob);
         gb = it % (g.G * nob);
       }
-      const int64_t gr = gb / nob, ob = gb % nob, n = chunk / per_image, c = chunk % per_image;
+      const int64_t gr = gb / nob, ob = gb % nob, n = chunk / g.Ho, oh = chunk % g.Ho;
       const uint8_t* xn = xp ? xp + n * image_bytes : image.data();  // padded image n
       if (!xp && n != image_n) {
         for (int64_t hp = 0; hp < g.Hp; ++hp) pad_row(*x_view, g, n, hp, image.data() + hp * g.Wp * g.Cp);
@@ -501,8 +488,6 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
       }
       Tile t;
       t.pix_stride = g.sw * g.Cp;
-      t.pix_off = pix_off;
-      t.out_off = out_off;
       t.tap_off = tap_off.data();
       t.T = runs;
       t.C4 = run_c4;
@@ -511,37 +496,22 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
       t.O = g.O;
       t.valid = static_cast<int>(std::min<int64_t>(NB * 16, g.Og - ob * NB * 16));
       t.box = box;
-      // Output pixels [q0, q0 + P) of image n (flattened oh * Wo + ow), cut into near-equal tiles.
-      auto run_tile = [&](int64_t q0, int P) {
-        int64_t oh = q0 / g.Wo, ow = q0 % g.Wo;
-        for (int p = 0; p < P; ++p) {  // walk the pixels without divisions (this runs per tile)
-          in_pix[p] = oh * g.sh * g.Wp + ow * g.sw;  // in image n
-          pix_off[p] = (in_pix[p] - in_pix[0]) * g.Cp;
-          out_off[p] = p * g.O;
-          if (++ow == g.Wo) ow = 0, ++oh;
-        }
-        t.x = xn + in_pix[0] * g.Cp + gr * g.Cg4;
-        t.e0 = (n * npix + q0) * g.O + t.o0;
+      int64_t ow0 = 0;
+      for (int64_t k = 0; k < ntiles; ++k) {  // output pixels (oh, ow0 .. ow0 + P - 1) of image n
+        const int P = static_cast<int>(g.Wo / ntiles + (k < g.Wo % ntiles ? 1 : 0));
+        const int64_t pix0 = oh * g.sh * g.Wp + ow0 * g.sw;  // the first window's origin in image n
+        t.x = xn + pix0 * g.Cp + gr * g.Cg4;
+        t.e0 = (n * npix + oh * g.Wo + ow0) * g.O + t.o0;
         if (ep.has_box) {
           for (int p = 0; p < P; ++p) {
-            const int32_t* s = S + (n * g.Hp * g.Wp + in_pix[p]) * g.G + gr;  // S: batch mode only
+            const int32_t* s = S + (n * g.Hp * g.Wp + pix0 + p * g.sw) * g.G + gr;  // S: batch mode only
             int32_t b = 0;
             for (int64_t tp = 0; tp < g.T; ++tp) b += s[tap_pix[tp] * g.G];
             box[p] = b;
           }
         }
         fns[P - 1](t, ep);
-      };
-      if (flat) {
-        const int64_t base = npix / per_image, extra = npix % per_image;
-        run_tile(c * base + std::min(c, extra), static_cast<int>(base + (c < extra ? 1 : 0)));
-      } else {
-        int64_t ow0 = 0;
-        for (int64_t k = 0; k < ntiles; ++k) {
-          const int P = static_cast<int>(g.Wo / ntiles + (k < g.Wo % ntiles ? 1 : 0));
-          run_tile(c * g.Wo + ow0, P);
-          ow0 += P;
-        }
+        ow0 += P;
       }
     }
   });
