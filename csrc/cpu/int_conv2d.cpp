@@ -488,10 +488,17 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
       }
       Tile t;
       t.pix_stride = g.sw * g.Cp;
-      t.tap_off = tap_off.data();
-      t.T = runs;
+      // Kernel rows whose input row lies in the top or bottom padding hold only zero codes for every pixel of
+      // this output row: their runs are skipped (the sums are unchanged; box sums count the padding as 0 too).
+      // oneDNN/fbgemm skip padding taps as well: on 7x7 and 8x8 maps the top and bottom rows are 2/7 and 1/4 of
+      // the output, and a third of their taps is padding.
+      const int64_t r_lo = std::min<int64_t>(g.kh, std::max<int64_t>(0, (g.ph - oh * g.sh + g.dh - 1) / g.dh));
+      const int64_t r_hi = std::max<int64_t>(r_lo, std::min<int64_t>(g.kh, (g.H - 1 + g.ph - oh * g.sh) / g.dh + 1));
+      const int64_t runs_per_row = row_runs ? 1 : g.kw;
+      t.tap_off = tap_off.data() + r_lo * runs_per_row;
+      t.T = (r_hi - r_lo) * runs_per_row;
       t.C4 = run_c4;
-      t.w = pk.vnni_w.const_data_ptr<int8_t>() + gb * block;
+      t.w = pk.vnni_w.const_data_ptr<int8_t>() + gb * block + r_lo * runs_per_row * run_c4 * NB * 64;
       t.o0 = gr * g.Og + ob * NB * 16;
       t.O = g.O;
       t.valid = static_cast<int>(std::min<int64_t>(NB * 16, g.Og - ob * NB * 16));
