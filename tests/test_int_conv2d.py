@@ -189,6 +189,7 @@ DIRECT_CASES = [
     (2, 64, 8, 8, 64, 3, 1, 1, 1, 1),    # stage 3: 4 output vectors, two 4-pixel tiles per row
     (1, 64, 3, 2, 48, 3, 1, 1, 1, 1),    # a map smaller than the kernel's reach
     (2, 16, 12, 40, 16, 1, 1, 0, 1, 1),  # 1x1: every window inside
+    (2, 16, 12, 10, 16, 3, 1, (2, 1), (2, 1), 1),  # rows dilated, columns not: row runs, column tiles, 2-row padding
 ]
 
 
@@ -199,8 +200,9 @@ def test_bit_exact_direct_reads(backend_order, case):
     q, z = _weights(o, c // groups, k, k, 4)
     ep = _epilogue_args(o)
     for out_bits, relu, residual in ((0, False, None), (4, True, "codes")):
-        ho = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-        wo = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+        (ph, pw), (dh, dw) = [(v, v) if isinstance(v, int) else v for v in (padding, dilation)]
+        ho = (h + 2 * ph - dh * (k - 1) - 1) // stride + 1
+        wo = (w + 2 * pw - dw * (k - 1) - 1) // stride + 1
         res = None if residual is None else torch.randint(0, 16, (n, o, ho, wo), dtype=torch.uint8)
         kw = dict(out_bits=out_bits, relu=relu, out_scale=9.5, out_zero=8.0 if out_bits else 0.0, residual=res,
                   residual_scale=2.5)
