@@ -211,6 +211,31 @@ def test_bit_exact_direct_reads(backend_order, case):
         assert torch.equal(out, expected), (out.float() - expected.float()).abs().max()
 
 
+def test_bit_exact_random_geometries(backend_order):
+    """Seeded random geometries (kernel 1..7, strides 1..3 per axis, padding 0..4 per axis, row dilation 1..3,
+    maps down to 1 pixel): the tiles skip every kernel row and column that lies in the padding, and with a
+    channels_last x of whole 4-channel steps they read x in place, so a wrong window range would read outside the
+    image or drop real taps."""
+    gen = torch.Generator().manual_seed(7)
+    rnd = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=gen))  # noqa: E731
+    done = 0
+    while done < 60:
+        n, c, o, k = rnd(1, 2), 4 * rnd(1, 12), (8, 16, 24, 40, 64, 80)[rnd(0, 5)], (1, 2, 3, 5, 7)[rnd(0, 4)]
+        stride, padding, dilation = (rnd(1, 3), rnd(1, 3)), (rnd(0, 4), rnd(0, 4)), (rnd(1, 3), 1)
+        h, w = rnd(1, 12), rnd(1, 12)
+        if h + 2 * padding[0] < dilation[0] * (k - 1) + 1 or w + 2 * padding[1] < k:
+            continue
+        x = _codes((n, c, h, w), 4)
+        if done % 2 == 0:
+            x = x.contiguous(memory_format=torch.channels_last)
+        q, z = _weights(o, c, k, k, 4)
+        kw = dict(**_epilogue_args(o), relu=True, out_bits=4, out_scale=9.5, out_zero=8.0)
+        out = _call(x, q, z, stride, padding, dilation, 1, **kw)
+        expected = _ref(x, q, z, stride, padding, dilation, 1, **kw)
+        assert torch.equal(out, expected), (n, c, h, w, o, k, stride, padding, dilation)
+        done += 1
+
+
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_bit_exact_bits(int_backend, bits):
     """Weight and activation codes of 2..8 bits, requant to the same width, zero points at both ends."""

@@ -3,10 +3,12 @@
 // adadfq_fast/ops/int_conv2d.py and adadfq_fast/reference.py (int_conv2d_forward), whose float32 order this
 // file reproduces bit for bit.
 //
-// Layout. The kernel works on NHWC: the input is copied into a zero-padded NHWC layout whose channels are padded
-// to a multiple of 4 per group (one image at a time per thread, see run_vnni; skipped when x already is
-// channels_last, unpadded and aligned), so a window is kh*kw contiguous runs of channels and the reduction index
-// is K = (kh, kw, c). The output is written NHWC (channels_last); an NCHW caller gets one conversion at the end.
+// Layout. The kernel works on NHWC, K = (kh, kw, c): a window is kh*kw contiguous runs of channels. The VNNI path
+// reads a channels_last x in place when its channels are whole 4-byte steps (one group, no column dilation, no
+// box sums, blocks of weights up to 96 KB): every tile then skips the padding of its windows (see run_vnni).
+// Otherwise the input is copied into a zero-padded NHWC layout whose channels are padded to a multiple of 4 per
+// group (one image at a time per thread, or the whole batch). The output is written NHWC (channels_last); an
+// NCHW caller gets one conversion at the end.
 //
 // Integer sums. total[o,p] = acc[o,p] + z_w[o] * box[p] is an exact integer, however it is computed. When every
 // q_w + z_w fits int8 (weights of up to 7 bits, and 8-bit channels whose levels allow it) the zero point is
@@ -443,16 +445,26 @@ const TileFn* tile_fns(int nb) {
   }
 }
 
-// The micro-kernels read a zero-padded NHWC image: xp (the whole batch, padded beforehand) when given, else each
-// thread pads the images it works on into its own buffer, one at a time (x_view). The per-thread copy holds one
-// image instead of the batch (the batch copy of a 224-px ResNet-18 stem output at batch 256 is 837 MB) and stays
-// in cache while the image's tiles read it. It was not measurably faster than the batch copy on this project's
-// CPU (both copy the same bytes: the copy costs ~7% of a 16-channel layer either way; reading x in place with
-// the padding emulated per border tile cost more than it saved, through the many small copies at the borders).
+// The micro-kernels read x in place (direct, below) or a zero-padded NHWC image: xp (the whole batch, padded
+// beforehand) when given, else each thread pads the images it works on into its own buffer, one at a time
+// (x_view). The per-thread copy holds one image instead of the batch (the batch copy of a 224-px ResNet-18 stem
+// output at batch 256 is 837 MB) and stays in cache while the image's tiles read it. It was not measurably faster
+// than the batch copy on this project's CPU (both copy the same bytes). Reading x in place gained 1-5% per conv
+// over the per-image copy on ResNet-20/-18 layers with up to 128 channels (the timing noise here is +-2.5%); with
+// larger weight blocks the corner tiles it needs (single pixels that reload the whole block) cost up to 4% (7x7,
+// 512 channels), hence the 96 KB bound. (An earlier in-place reader that emulated the padding with small copies
+// at the borders cost more than it saved.)
+//
+// direct: xp is x itself (channels_last, 4k channels, one group, no box sums): no padded copy. Every tile then
+// skips all of its window's padding (below), so nothing outside the image is read; window origins are counted in
+// x's own coordinates, where they may lie before a row or image start (only their in-image taps are read).
 void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const InputView* x_view, const int32_t* S,
-              const Epilogue& ep, bool weight_major) {
+              const Epilogue& ep, bool weight_major, bool direct) {
+  // The buffer read: the zero-padded image ([Hp][Wp], origin of output pixel (oh, ow) at (oh*sh, ow*sw)) or x
+  // ([H][W], origin at (oh*sh - ph, ow*sw - pw)).
+  const int64_t row_px = direct ? g.W : g.Wp, oy = direct ? g.ph : 0, ox = direct ? g.pw : 0;
   std::vector<int64_t> tap_pix(g.T);
-  for (int64_t t = 0; t < g.T; ++t) tap_pix[t] = (t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw;
+  for (int64_t t = 0; t < g.T; ++t) tap_pix[t] = (t / g.kw) * g.dh * row_px + (t % g.kw) * g.dw;
   // The reduction walks the window in runs of contiguous bytes: one per kernel row when the taps of a row are
   // adjacent pixels and a pixel holds only this group's channels (dilation 1, one group), else one per tap.
   const bool row_runs = g.dw == 1 && g.Cp == g.Cg4;
@@ -469,7 +481,7 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
   const int64_t nob = pk.nob;
   const int64_t chunks = g.N * g.Ho;  // a chunk is one output row
   const int64_t items = chunks * g.G * nob;
-  const int64_t image_bytes = g.Hp * g.Wp * g.Cp;
+  const int64_t image_bytes = (direct ? g.H * g.W : g.Hp * g.Wp) * g.Cp;
   // Padding is skipped where it covers a whole kernel row or column of every pixel of a tile (the sums do not
   // change: padding codes are 0, and box sums count them as 0 too). oneDNN/fbgemm skip padding taps as well; on
   // 7x7 and 8x8 maps they are 16-18% of the window MACs. Kernel rows: per output row (all its pixels share them).
@@ -480,14 +492,27 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
   int64_t top = 0, bottom = g.Ho, L = 0, R = 0;
   while (top < g.Ho && top * g.sh - g.ph < 0) ++top;
   while (bottom > top && (bottom - 1) * g.sh - g.ph + (g.kh - 1) * g.dh >= g.H) --bottom;
-  if (row_runs && bottom > top) {
+  if (row_runs && (bottom > top || direct)) {
     while (L < g.Wo && L * g.sw - g.pw < 0) ++L;
     while (R < g.Wo - L && (g.Wo - 1 - R) * g.sw - g.pw + (g.kw - 1) * g.dw >= g.W) ++R;
-    // Only where the border columns are >= 1/8 of a row (maps up to 16 wide with 3x3 windows): measured
-    // against plain rows at batch 64-256, 1 thread, 3x3 layers: +4% at 8x8 and 14x14, +7% at 7x7, level at
-    // 16x16 and 56x56, -3% at 32x32 with 16 channels (a column tile uses 16 of each 64-byte line it reads).
-    if (L + R >= g.Wo || (L + R) * 8 < g.Wo) L = R = 0;
+    // On a padded copy, only where the border columns are >= 1/8 of a row (maps up to 16 wide with 3x3
+    // windows): measured against plain rows at batch 64-256, 1 thread, 3x3 layers: +4% at 8x8 and 14x14, +7% at
+    // 7x7, level at 16x16 and 56x56, -3% at 32x32 with 16 channels (a column tile uses 16 of each 64-byte line it
+    // reads). Reading x directly, always (the padding must not be read); the border pixels of the top and
+    // bottom rows are then single-pixel corner tiles that skip both.
+    if (!direct && (L + R >= g.Wo || (L + R) * 8 < g.Wo)) L = R = 0;
   }
+  // Exact window ranges inside the image: kernel rows [r_lo, r_hi) of output row oh, columns [s_lo, s_hi) of
+  // output column ow (floor division: the numerators can be negative where the padding exceeds the reach).
+  auto floor_div = [](int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); };
+  auto row_range = [&](int64_t oh, int64_t& r_lo, int64_t& r_hi) {
+    r_lo = std::min<int64_t>(g.kh, std::max<int64_t>(0, -floor_div(oh * g.sh - g.ph, g.dh)));
+    r_hi = std::max<int64_t>(r_lo, std::min<int64_t>(g.kh, floor_div(g.H - 1 + g.ph - oh * g.sh, g.dh) + 1));
+  };
+  auto col_range = [&](int64_t ow, int64_t& s_lo, int64_t& s_hi) {
+    s_lo = std::min<int64_t>(g.kw, std::max<int64_t>(0, -floor_div(ow * g.sw - g.pw, g.dw)));
+    s_hi = std::max<int64_t>(s_lo, std::min<int64_t>(g.kw, floor_div(g.W - 1 + g.pw - ow * g.sw, g.dw) + 1));
+  };
   const int64_t col_c4 = g.Cg4 / 4;  // 4-channel steps per kernel column within a run
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> image(xp ? 0 : image_bytes);  // this thread's padded image (per-image mode)
@@ -503,7 +528,7 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
         gb = it % (g.G * nob);
       }
       const int64_t gr = gb / nob, ob = gb % nob, n = chunk / g.Ho, oh = chunk % g.Ho;
-      const uint8_t* xn = xp ? xp + n * image_bytes : image.data();  // padded image n
+      const uint8_t* xn = xp ? xp + n * image_bytes : image.data();  // (padded) image n
       if (!xp && n != image_n) {
         for (int64_t hp = 0; hp < g.Hp; ++hp) pad_row(*x_view, g, n, hp, image.data() + hp * g.Wp * g.Cp);
         image_n = n;
@@ -516,7 +541,7 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
       t.box = box;
       // P pixels from (oh0, ow0), `step` pixels apart in the image; their windows then lie step * Cp bytes apart.
       auto run_tile = [&](int64_t oh0, int64_t ow0, int P, int64_t step, int64_t out_step) {
-        const int64_t pix0 = oh0 * g.sh * g.Wp + ow0 * g.sw;  // the first window's origin in image n
+        const int64_t pix0 = (oh0 * g.sh - oy) * row_px + ow0 * g.sw - ox;  // the first window's origin in image n
         t.x = xn + pix0 * g.Cp + gr * g.Cg4;
         t.pix_stride = step * g.Cp;
         t.out_stride = out_step * g.O;
@@ -533,15 +558,15 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
       };
       // Row tiles: output pixels (oh, ow_begin .. ow_end - 1), cut into near-equal tiles; the kernel rows in the
       // top/bottom padding are skipped.
-      const int64_t r_lo = std::min<int64_t>(g.kh, std::max<int64_t>(0, (g.ph - oh * g.sh + g.dh - 1) / g.dh));
-      const int64_t r_hi = std::max<int64_t>(r_lo, std::min<int64_t>(g.kh, (g.H - 1 + g.ph - oh * g.sh) / g.dh + 1));
+      int64_t r_lo, r_hi;
+      row_range(oh, r_lo, r_hi);
       const int64_t runs_per_row = row_runs ? 1 : g.kw;
       t.tap_off = tap_off.data() + r_lo * runs_per_row;
       t.T = (r_hi - r_lo) * runs_per_row;
       t.w = w_block + r_lo * runs_per_row * run_c4 * NB * 64;
       t.skip_front = t.skip_back = 0;
       const bool inner = oh >= top && oh < bottom;
-      const int64_t ow_begin = inner ? L : 0, ow_end = inner ? g.Wo - R : g.Wo;
+      const int64_t ow_begin = inner || direct ? L : 0, ow_end = inner || direct ? g.Wo - R : g.Wo;
       const int64_t ntiles = (ow_end - ow_begin + maxP - 1) / maxP;
       for (int64_t k = 0, ow0 = ow_begin; k < ntiles; ++k) {
         const int64_t width = ow_end - ow_begin;
@@ -549,18 +574,30 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
         run_tile(oh, ow0, P, g.sw, 1);
         ow0 += P;
       }
+      // Reading x directly: the border pixels of a top or bottom row, one at a time, skipping rows and columns.
+      if (direct && !inner) {
+        auto corner_tile = [&](int64_t ow) {
+          int64_t s_lo, s_hi;
+          col_range(ow, s_lo, s_hi);
+          t.skip_front = s_lo * col_c4;
+          t.skip_back = (g.kw - s_hi) * col_c4;
+          run_tile(oh, ow, 1, g.sw, 1);
+        };
+        for (int64_t ow = 0; ow < L; ++ow) corner_tile(ow);
+        for (int64_t ow = g.Wo - R; ow < g.Wo; ++ow) corner_tile(ow);
+      }
       // Column tiles of the border columns, rows [oh, oh + P), hung on the row they start at.
       if (inner && L + R > 0 && (oh - top) % maxP == 0) {
         const int P = static_cast<int>(std::min<int64_t>(maxP, bottom - oh));
         t.tap_off = tap_off.data();
         t.T = runs;
         auto column_tile = [&](int64_t ow) {
-          const int64_t s_lo = std::min<int64_t>(g.kw, std::max<int64_t>(0, (g.pw - ow * g.sw + g.dw - 1) / g.dw));
-          const int64_t s_hi = std::max<int64_t>(s_lo, std::min<int64_t>(g.kw, (g.W - 1 + g.pw - ow * g.sw) / g.dw + 1));
+          int64_t s_lo, s_hi;
+          col_range(ow, s_lo, s_hi);
           t.skip_front = s_lo * col_c4;
           t.skip_back = (g.kw - s_hi) * col_c4;
           t.w = w_block;
-          run_tile(oh, ow, P, g.sh * g.Wp, g.Wo);
+          run_tile(oh, ow, P, g.sh * row_px, g.Wo);
         };
         for (int64_t ow = 0; ow < L; ++ow) column_tile(ow);
         for (int64_t ow = g.Wo - R; ow < g.Wo; ++ow) column_tile(ow);
@@ -668,11 +705,15 @@ at::Tensor int_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::T
       g.ph == 0 && g.pw == 0 && g.Cg4 == g.Cg && x.is_contiguous(at::MemoryFormat::ChannelsLast);
   // (Weight-major order visits each image once per output-channel block: it takes the batch copy, made once.)
   const bool weight_major = use_weight_major(g);
-  const bool pad_per_image = pk->vnni && !has_box && !x_is_padded && !weight_major;
+  // Read x in place (no padded copy) where the VNNI kernel can skip all padding: channels_last x whose channels
+  // are whole 4-byte steps, one group, no dilation along rows, no box sums.
+  const bool direct = pk->vnni && !has_box && !x_is_padded && g.G == 1 && g.Cg4 == g.Cg && g.dw == 1 &&
+                      x.is_contiguous(at::MemoryFormat::ChannelsLast) && pk->K4 * pk->NB * 64 <= (96 << 10);
+  const bool pad_per_image = pk->vnni && !has_box && !x_is_padded && !direct && !weight_major;
   const InputView x_view(x);
   at::Tensor xp_t;
   const uint8_t* xp = nullptr;
-  if (x_is_padded) {
+  if (x_is_padded || direct) {
     xp = x.const_data_ptr<uint8_t>();
   } else if (!pad_per_image) {
     xp_t = at::empty({g.N * g.Hp * g.Wp * g.Cp}, x.options());
@@ -726,7 +767,7 @@ at::Tensor int_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::T
 
 #if defined(ADADFQ_INT_VNNI)
   if (pk->vnni) {
-    run_vnni(g, *pk, xp, &x_view, has_box ? S_t.const_data_ptr<int32_t>() : nullptr, ep, weight_major);
+    run_vnni(g, *pk, xp, &x_view, has_box ? S_t.const_data_ptr<int32_t>() : nullptr, ep, weight_major, direct);
   } else {
     run_generic(g, *pk, xp, ep);
   }
