@@ -175,3 +175,40 @@ def test_opcheck_affine(layout):
         y = y.contiguous(memory_format=torch.channels_last)
     torch.library.opcheck(torch.ops.adadfq_native.quantize_codes.default,
                           (y, 2.0, 8.0, 4, True, torch.rand(3) + 0.5, torch.randn(3)))
+
+
+@pytest.mark.parametrize("negative_scale", [False, True])
+def test_bn_moves_after_the_fused_max_pool_only_when_monotone(negative_scale):
+    """A float first layer with BN, ReLU and a fused 3x3/2 max pool: with every BN scale >= 0 the layer pools the
+    raw conv output and applies BN to the pooled values (max commutes with a non-decreasing map); a negative scale
+    keeps BN before the pool. Either way the codes equal Q's order: BN, pool, ReLU, quantizer."""
+    from adadfq_fast.deploy import modules
+    from adadfq_fast.deploy.modules import Layer, _FloatConv
+
+    g = torch.Generator().manual_seed(11)
+    c = 16
+    w = torch.randn(c, generator=g).abs() + 0.1
+    if negative_scale:
+        w[3] = -w[3]
+    bn = dict(bn_mean=torch.randn(c, generator=g), bn_var=torch.rand(c, generator=g) + 0.05, bn_weight=w,
+              bn_bias=torch.randn(c, generator=g))
+    q_w = torch.randint(-8, 8, (c, 3, 3, 3), dtype=torch.int8, generator=g)
+    tensors = dict(q_w=q_w, z_w=torch.zeros(c, dtype=torch.int32), s_w=torch.full((c,), 4.0), **bn)
+    cfg = dict(inp=0, out=1, in_kind="float", relu=True, out_bits=4, out_scale=3.0, out_zero=8.0, stride=[1, 1],
+               padding=[1, 1], dilation=[1, 1], groups=1, bn_eps=1e-5, has_bias=False, int=False, wbits=4)
+    layer = Layer("conv", cfg, tensors)
+    run = _FloatConv(layer)
+    run.pool = ((3, 3), (2, 2), (1, 1), (1, 1), False)
+    fma = modules._bn_as_fma(run.bn, c)
+    if fma is None:
+        pytest.skip("torch's batch norm is not one fma per element on this machine (the fold is then not used)")
+    run.bn_fma = fma if bool((fma[0] >= 0).all()) else None  # what IntegerModel._build decides
+    assert (run.bn_fma is None) == negative_scale
+    x = (torch.randn(4, 3, 20, 20, generator=g) * 3).contiguous(memory_format=torch.channels_last)
+    regs = [x, None]
+    run(regs, None)
+    y = torch.nn.functional.conv2d(x, run.weight, None, 1, 1)
+    y = torch.nn.functional.batch_norm(y, *run.bn)
+    y = torch.nn.functional.max_pool2d(y, *run.pool)
+    want = quantize_codes_steps(y, 3.0, 8.0, 4, True)
+    assert torch.equal(regs[1], want)

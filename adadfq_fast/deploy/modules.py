@@ -201,6 +201,8 @@ class _FloatConv:
             x = torch.cat([x, torch.zeros_like(x)], dim=1).contiguous(memory_format=torch.channels_last)
         y = F.conv2d(x, self.weight, self.bias, *self.params)
         if self.bn_fma is not None and y.device.type == "cpu" and not use_custom_op(y):
+            if self.pool is not None:  # pool first: BN is then applied to a quarter of the values (see _build)
+                y = F.max_pool2d(y, *self.pool)
             regs[self.out] = native_op("quantize_codes")(y, self.scale, self.zero, self.out_bits, self.relu,
                                                          *self.bn_fma)
             return
@@ -398,9 +400,15 @@ class IntegerModel(nn.Module):
         if self.FUSE_FLOAT_POOL:
             self._fuse_float_pools()
         for run in self._runners:
-            if (isinstance(run, _FloatConv) and run.bn is not None and run.res is None and run.pool is None
-                    and run.out_bits and has_native_kernel("quantize_codes", "CPU")):
-                run.bn_fma = _bn_as_fma(run.bn, run.weight.shape[0])
+            if (isinstance(run, _FloatConv) and run.bn is not None and run.res is None and run.out_bits
+                    and has_native_kernel("quantize_codes", "CPU")):
+                fma = _bn_as_fma(run.bn, run.weight.shape[0])
+                # With a max pool between BN and the quantizer, BN moves after the pool where it is a
+                # non-decreasing map per channel (fma with alpha >= 0): max(fma(y_i)) == fma(max(y_i)) exactly,
+                # so the codes do not change, and BN reads the pooled quarter instead of a separate pass over the
+                # whole map (ResNet-18's 112x112x64 stem output).
+                if fma is not None and (run.pool is None or bool((fma[0] >= 0).all())):
+                    run.bn_fma = fma
         first = self.layers[0]
         self.in_channels = int(self.meta.get("in_channels", 0)) or None
         self._first_float = first.kind == "conv" and not first.cfg["int"]
