@@ -199,10 +199,9 @@ def test_bn_moves_after_the_fused_max_pool_only_when_monotone(negative_scale):
     layer = Layer("conv", cfg, tensors)
     run = _FloatConv(layer)
     run.pool = ((3, 3), (2, 2), (1, 1), (1, 1), False)
-    fma = modules._bn_as_fma(run.bn, c)
-    if fma is None:
+    if modules._bn_as_fma(run.bn, c) is None:
         pytest.skip("torch's batch norm is not one fma per element on this machine (the fold is then not used)")
-    run.bn_fma = fma if bool((fma[0] >= 0).all()) else None  # what IntegerModel._build decides
+    run.bn_fma = modules._bn_fold(run)  # as IntegerModel._build sets it
     assert (run.bn_fma is None) == negative_scale
     x = (torch.randn(4, 3, 20, 20, generator=g) * 3).contiguous(memory_format=torch.channels_last)
     regs = [x, None]

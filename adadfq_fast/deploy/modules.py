@@ -154,6 +154,21 @@ def _bn_as_fma(bn, channels: int) -> Optional[tuple]:
     return (alpha.contiguous(), beta) if torch.equal(got, want) else None
 
 
+def _bn_fold(run: "_FloatConv") -> Optional[tuple]:
+    """The ``(alpha, beta)`` that a float layer's one-pass codes kernel applies as its eval BN, or None (BN stays a
+    separate pass): only with BN, no residual, codes out, the C++ kernel loaded, and torch's BN provably that fma
+    (:func:`_bn_as_fma`). With a max pool fused between BN and the quantizer (``run.pool``, set before this is
+    called), BN moves after the pool, which needs a non-decreasing map per channel (alpha >= 0): then
+    max(fma(y_i)) == fma(max(y_i)) exactly, the codes do not change, and BN reads the pooled quarter instead of a
+    separate pass over the whole map (ResNet-18's 112x112x64 stem output)."""
+    if run.bn is None or run.res is not None or not run.out_bits or not has_native_kernel("quantize_codes", "CPU"):
+        return None
+    fma = _bn_as_fma(run.bn, run.weight.shape[0])
+    if fma is None or (run.pool is not None and not bool((fma[0] >= 0).all())):
+        return None
+    return fma
+
+
 class _FloatConv:
     """A conv in float32 with the dequantized weights (input image, or an input that is not uint8 codes).
 
@@ -400,15 +415,8 @@ class IntegerModel(nn.Module):
         if self.FUSE_FLOAT_POOL:
             self._fuse_float_pools()
         for run in self._runners:
-            if (isinstance(run, _FloatConv) and run.bn is not None and run.res is None and run.out_bits
-                    and has_native_kernel("quantize_codes", "CPU")):
-                fma = _bn_as_fma(run.bn, run.weight.shape[0])
-                # With a max pool between BN and the quantizer, BN moves after the pool where it is a
-                # non-decreasing map per channel (fma with alpha >= 0): max(fma(y_i)) == fma(max(y_i)) exactly,
-                # so the codes do not change, and BN reads the pooled quarter instead of a separate pass over the
-                # whole map (ResNet-18's 112x112x64 stem output).
-                if fma is not None and (run.pool is None or bool((fma[0] >= 0).all())):
-                    run.bn_fma = fma
+            if isinstance(run, _FloatConv):
+                run.bn_fma = _bn_fold(run)
         first = self.layers[0]
         self.in_channels = int(self.meta.get("in_channels", 0)) or None
         self._first_float = first.kind == "conv" and not first.cfg["int"]
