@@ -453,11 +453,9 @@ const TileFn* tile_fns(int nb) {
 // over the per-image copy on ResNet-20/-18 layers with up to 128 channels (the timing noise here is +-2.5%); with
 // larger weight blocks the corner tiles it needs (single pixels that reload the whole block) cost up to 4% (7x7,
 // 512 channels), hence the 96 KB bound. (An earlier in-place reader that emulated the padding with small copies
-// at the borders cost more than it saved.)
-//
-// direct: xp is x itself (channels_last, 4k channels, one group, no box sums): no padded copy. Every tile then
-// skips all of its window's padding (below), so nothing outside the image is read; window origins are counted in
-// x's own coordinates, where they may lie before a row or image start (only their in-image taps are read).
+// at the borders cost more than it saved.) In place (direct), every tile skips all of its windows' padding
+// (below), so nothing outside the image is read; window origins are counted in x's own coordinates, where they
+// may lie before a row or image start (only their in-image taps are read).
 void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const InputView* x_view, const int32_t* S,
               const Epilogue& ep, bool weight_major, bool direct) {
   // The buffer read: the zero-padded image ([Hp][Wp], origin of output pixel (oh, ow) at (oh*sh, ow*sw)) or x
@@ -514,6 +512,7 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
     s_hi = std::max<int64_t>(s_lo, std::min<int64_t>(g.kw, floor_div(g.W - 1 + g.pw - ow * g.sw, g.dw) + 1));
   };
   const int64_t col_c4 = g.Cg4 / 4;  // 4-channel steps per kernel column within a run
+  const int64_t runs_per_row = row_runs ? 1 : g.kw;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> image(xp ? 0 : image_bytes);  // this thread's padded image (per-image mode)
     int64_t image_n = -1;
@@ -560,7 +559,6 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
       // top/bottom padding are skipped.
       int64_t r_lo, r_hi;
       row_range(oh, r_lo, r_hi);
-      const int64_t runs_per_row = row_runs ? 1 : g.kw;
       t.tap_off = tap_off.data() + r_lo * runs_per_row;
       t.T = (r_hi - r_lo) * runs_per_row;
       t.w = w_block + r_lo * runs_per_row * run_c4 * NB * 64;
@@ -574,33 +572,27 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
         run_tile(oh, ow0, P, g.sw, 1);
         ow0 += P;
       }
-      // Reading x directly: the border pixels of a top or bottom row, one at a time, skipping rows and columns.
-      if (direct && !inner) {
-        auto corner_tile = [&](int64_t ow) {
+      // The border columns' pixels from row oh: P of them down the column (`step` pixels apart), with the kernel
+      // rows already set in t and the padding columns of column ow skipped.
+      auto border_tiles = [&](int P, int64_t step, int64_t out_step) {
+        auto tile_at = [&](int64_t ow) {
           int64_t s_lo, s_hi;
           col_range(ow, s_lo, s_hi);
           t.skip_front = s_lo * col_c4;
           t.skip_back = (g.kw - s_hi) * col_c4;
-          run_tile(oh, ow, 1, g.sw, 1);
+          run_tile(oh, ow, P, step, out_step);
         };
-        for (int64_t ow = 0; ow < L; ++ow) corner_tile(ow);
-        for (int64_t ow = g.Wo - R; ow < g.Wo; ++ow) corner_tile(ow);
-      }
-      // Column tiles of the border columns, rows [oh, oh + P), hung on the row they start at.
+        for (int64_t ow = 0; ow < L; ++ow) tile_at(ow);
+        for (int64_t ow = g.Wo - R; ow < g.Wo; ++ow) tile_at(ow);
+      };
+      // Reading x directly: the border pixels of a top or bottom row, one at a time (the row's kernel rows).
+      if (direct && !inner && L + R > 0) border_tiles(1, g.sw, 1);
+      // Column tiles of the border columns, rows [oh, oh + P), hung on the row they start at (all kernel rows).
       if (inner && L + R > 0 && (oh - top) % maxP == 0) {
-        const int P = static_cast<int>(std::min<int64_t>(maxP, bottom - oh));
         t.tap_off = tap_off.data();
         t.T = runs;
-        auto column_tile = [&](int64_t ow) {
-          int64_t s_lo, s_hi;
-          col_range(ow, s_lo, s_hi);
-          t.skip_front = s_lo * col_c4;
-          t.skip_back = (g.kw - s_hi) * col_c4;
-          t.w = w_block;
-          run_tile(oh, ow, P, g.sh * row_px, g.Wo);
-        };
-        for (int64_t ow = 0; ow < L; ++ow) column_tile(ow);
-        for (int64_t ow = g.Wo - R; ow < g.Wo; ++ow) column_tile(ow);
+        t.w = w_block;
+        border_tiles(static_cast<int>(std::min<int64_t>(maxP, bottom - oh)), g.sh * row_px, g.Wo);
       }
     }
   });
