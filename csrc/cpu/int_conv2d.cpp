@@ -512,7 +512,6 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
     s_hi = std::max<int64_t>(s_lo, std::min<int64_t>(g.kw, floor_div(g.W - 1 + g.pw - ow * g.sw, g.dw) + 1));
   };
   const int64_t col_c4 = g.Cg4 / 4;  // 4-channel steps per kernel column within a run
-  const int64_t runs_per_row = row_runs ? 1 : g.kw;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> image(xp ? 0 : image_bytes);  // this thread's padded image (per-image mode)
     int64_t image_n = -1;
@@ -559,6 +558,7 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
       // top/bottom padding are skipped.
       int64_t r_lo, r_hi;
       row_range(oh, r_lo, r_hi);
+      const int64_t runs_per_row = row_runs ? 1 : g.kw;
       t.tap_off = tap_off.data() + r_lo * runs_per_row;
       t.T = (r_hi - r_lo) * runs_per_row;
       t.w = w_block + r_lo * runs_per_row * run_c4 * NB * 64;
@@ -572,27 +572,33 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
         run_tile(oh, ow0, P, g.sw, 1);
         ow0 += P;
       }
-      // The border columns' pixels from row oh: P of them down the column (`step` pixels apart), with the kernel
-      // rows already set in t and the padding columns of column ow skipped.
-      auto border_tiles = [&](int P, int64_t step, int64_t out_step) {
-        auto tile_at = [&](int64_t ow) {
+      // Reading x directly: the border pixels of a top or bottom row, one at a time, skipping rows and columns.
+      if (direct && !inner) {
+        auto corner_tile = [&](int64_t ow) {
           int64_t s_lo, s_hi;
           col_range(ow, s_lo, s_hi);
           t.skip_front = s_lo * col_c4;
           t.skip_back = (g.kw - s_hi) * col_c4;
-          run_tile(oh, ow, P, step, out_step);
+          run_tile(oh, ow, 1, g.sw, 1);
         };
-        for (int64_t ow = 0; ow < L; ++ow) tile_at(ow);
-        for (int64_t ow = g.Wo - R; ow < g.Wo; ++ow) tile_at(ow);
-      };
-      // Reading x directly: the border pixels of a top or bottom row, one at a time (the row's kernel rows).
-      if (direct && !inner && L + R > 0) border_tiles(1, g.sw, 1);
-      // Column tiles of the border columns, rows [oh, oh + P), hung on the row they start at (all kernel rows).
+        for (int64_t ow = 0; ow < L; ++ow) corner_tile(ow);
+        for (int64_t ow = g.Wo - R; ow < g.Wo; ++ow) corner_tile(ow);
+      }
+      // Column tiles of the border columns, rows [oh, oh + P), hung on the row they start at.
       if (inner && L + R > 0 && (oh - top) % maxP == 0) {
+        const int P = static_cast<int>(std::min<int64_t>(maxP, bottom - oh));
         t.tap_off = tap_off.data();
         t.T = runs;
-        t.w = w_block;
-        border_tiles(static_cast<int>(std::min<int64_t>(maxP, bottom - oh)), g.sh * row_px, g.Wo);
+        auto column_tile = [&](int64_t ow) {
+          int64_t s_lo, s_hi;
+          col_range(ow, s_lo, s_hi);
+          t.skip_front = s_lo * col_c4;
+          t.skip_back = (g.kw - s_hi) * col_c4;
+          t.w = w_block;
+          run_tile(oh, ow, P, g.sh * row_px, g.Wo);
+        };
+        for (int64_t ow = 0; ow < L; ++ow) column_tile(ow);
+        for (int64_t ow = g.Wo - R; ow < g.Wo; ++ow) column_tile(ow);
       }
     }
   });
