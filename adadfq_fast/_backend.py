@@ -124,6 +124,57 @@ def available_backends(device_type: str) -> List[str]:
     return [b for b in BACKENDS if why_unavailable(b, device_type) is None]
 
 
+def kernel_names() -> List[str]:
+    """Every kernel some backend implements."""
+    return sorted(_KERNELS)
+
+
+def implementations(kernel: str, device_type: str) -> List[str]:
+    """The backends that implement ``kernel`` and can run on ``device_type`` now (``reference`` included)."""
+    impls = _KERNELS.get(kernel, {})
+    return [b for b in BACKENDS if b in impls and why_unavailable(b, device_type) is None]
+
+
+def backend_kernel(kernel: str, backend: str) -> Callable:
+    """``backend``'s own kernel for ``kernel``, whatever the selection (benchmarks and tests compare backends)."""
+    impls = _KERNELS.get(kernel, {})
+    if backend not in impls:
+        raise RuntimeError(f"adadfq_fast: backend {backend!r} has no kernel for {kernel}")
+    return impls[backend]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-call policy: int_conv2d under ``auto`` on CUDA, where both GPU kernels are loaded, picks by problem size.
+# ---------------------------------------------------------------------------------------------------------------
+# Per layer on an H200 at batch 256 (benchmarks/results/gpu_h200/run2/bench_int_conv2d_gpu.md), Triton's int8
+# tensor-core GEMM beat the CUDA dp4a kernel on every 3x3 conv of ResNet-18 (0.39-0.86 ms vs 0.62-1.27), the dp4a
+# kernel won every 1x1 projection (0.16-0.22 ms vs 0.35-0.56) and whole small models, where the Python launch of
+# a Triton kernel costs more than the work (ResNet-20 at batch 256: 2.3 ms vs 3.4; any model at batch 1).
+# Those 3x3 convs are 29.6 G multiply-adds each, ResNet-20's at batch 256 0.6 G: the threshold sits between.
+TRITON_MIN_MACS = 2**32
+
+
+def int_conv2d_cuda_choice(x_shape, weight_shape, stride) -> str:
+    """The backend ``auto`` runs one CUDA int_conv2d call on: ``triton`` for convolutions wider than 1x1 with at
+    least ``TRITON_MIN_MACS`` multiply-adds, ``cuda`` otherwise (both are bit-exact; only the speed differs)."""
+    o, cg, kh, kw = weight_shape
+    macs = x_shape[0] * (x_shape[2] // stride[0]) * (x_shape[3] // stride[1]) * o * cg * kh * kw
+    return "triton" if kh * kw > 1 and macs >= TRITON_MIN_MACS else "cuda"
+
+
+def _cuda_auto_int_conv2d(x, weight, weight_zero, stride, padding, dilation, groups, *epilogue):
+    backend = int_conv2d_cuda_choice(x.shape, weight.shape, stride)
+    return _KERNELS["int_conv2d"][backend](x, weight, weight_zero, stride, padding, dilation, groups, *epilogue)
+
+
+def _per_call_policy(kernel: str, device_type: str) -> Optional[Callable]:
+    """A kernel that chooses its backend per call, where ``auto`` has such a policy for ``kernel`` here."""
+    if (kernel == "int_conv2d" and device_type == "cuda" and current_backend() == "auto"
+            and {"triton", "cuda"} <= set(implementations(kernel, device_type))):
+        return _cuda_auto_int_conv2d
+    return None
+
+
 def resolve(kernel: str, device: torch.device) -> str:
     """The backend that will run ``kernel`` for tensors on ``device`` under the current selection."""
     choice = current_backend()
@@ -143,7 +194,17 @@ def resolve(kernel: str, device: torch.device) -> str:
 
 
 def kernel_for(kernel: str, device: torch.device) -> Callable:
-    return _KERNELS[kernel][resolve(kernel, device)]
+    """The one query for "which function computes ``kernel`` on ``device`` now": the selected backend's kernel, or,
+    under ``auto`` where a per-call policy exists (int_conv2d on CUDA), a kernel that applies it."""
+    policy = _per_call_policy(kernel, device.type)
+    return policy if policy is not None else _KERNELS[kernel][resolve(kernel, device)]
+
+
+def describe(kernel: str, device: torch.device) -> str:
+    """What :func:`kernel_for` picks, in words (``adadfq-fast env``, benchmark records)."""
+    if _per_call_policy(kernel, device.type) is not None:
+        return f"auto per call: triton for convs wider than 1x1 of >= 2^{TRITON_MIN_MACS.bit_length() - 1} MACs, else cuda"
+    return resolve(kernel, device)
 
 
 def kernels_of(backend: str) -> List[str]:

@@ -54,7 +54,7 @@ def _env(args) -> int:
             print(f"  {backend:<9} {device_type:<4}  {status}")
     for device_type in device_types:
         print(f"auto on {device_type}: " + ", ".join(
-            f"{k}={_backend.resolve(k, torch.device(device_type))}" for k in sorted(_backend._KERNELS)))
+            f"{k}={_backend.describe(k, torch.device(device_type))}" for k in _backend.kernel_names()))
     return 0
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import adadfq_fast
 from adadfq_fast import _backend
-from adadfq_fast.bench.int import triton_tiles
+from adadfq_fast.bench.int_cuda import triton_tiles
 from adadfq_fast.bench.ops import environment
 from adadfq_fast.bench.timer import time_variants
 
@@ -72,9 +72,9 @@ def main(argv=None):
     if args.profile:
         return _profile(args)
     dev = args.device
-    impls = _backend._KERNELS.get("int_conv2d", {})
     wanted = args.backends or ["triton", "cuda"]
-    backends = [b for b in wanted if b in impls and _backend.why_unavailable(b, dev) is None]
+    available = _backend.implementations("int_conv2d", torch.device(dev).type)
+    backends = [b for b in wanted if b in available]
     skipped = {b: _backend.why_unavailable(b, dev) or "no int_conv2d kernel" for b in wanted if b not in backends}
     shapes = [s for s in RESNET18 if not args.quick or s[0] in QUICK]
     records = []

@@ -119,7 +119,7 @@ def test_moved_model_is_refused(int_model):
 def test_bench_int_cuda_code_path_runs_on_cpu():
     """``run_bench_cuda`` with ``device="cpu"`` (no CUDA graph, CPU timer): the records and the Markdown table the
     GPU run writes, built from the same code; a smoke test of the GPU benchmark's plumbing, not a measurement."""
-    from adadfq_fast.bench import int as bench_int
+    from adadfq_fast.bench import int_cuda as bench_int
 
     seen = []
     part = bench_int.run_bench_cuda(["resnet20_cifar"], repeats=1, batch_override=2, compile_models=[],
@@ -155,21 +155,12 @@ def test_cuda_model_agrees_with_cpu(int_model, backend):
     assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.95
 
 
-def test_cuda_auto_picks_triton_for_big_3x3_convs_only(monkeypatch):
-    """``auto`` on CUDA: Triton for 3x3 convs of >= TRITON_MIN_MACS multiply-adds, the CUDA kernel otherwise (here
-    with stand-in kernels that record the call: the rule itself needs no GPU)."""
-    from adadfq_fast.deploy import modules
-
-    calls = []
-    fake = {b: (lambda *a, b=b: calls.append(b)) for b in ("triton", "cuda")}
-    monkeypatch.setitem(_backend._KERNELS, "int_conv2d", {**_backend._KERNELS["int_conv2d"], **fake})
-    epilogue = (None,) * 8
+def test_cuda_auto_picks_triton_for_big_3x3_convs_only():
+    """``auto`` on CUDA: Triton for 3x3 convs of >= TRITON_MIN_MACS multiply-adds, the CUDA kernel otherwise (the
+    rule itself needs no GPU)."""
 
     def run(batch, hw, cin, cout, k, stride):
-        x = torch.empty(batch, cin, hw, hw, dtype=torch.uint8, device="meta")
-        w = torch.empty(cout, cin, k, k, dtype=torch.int8, device="meta")
-        modules.cuda_auto_int_conv2d(x, w, None, [stride, stride], [k // 2] * 2, [1, 1], 1, *epilogue)
-        return calls[-1]
+        return _backend.int_conv2d_cuda_choice((batch, cin, hw, hw), (cout, cin, k, k), (stride, stride))
 
     assert run(256, 56, 64, 64, 3, 1) == "triton"   # ResNet-18 stage 1 at batch 256: 29.6 G MACs
     assert run(256, 56, 64, 128, 1, 2) == "cuda"    # its 1x1 projection

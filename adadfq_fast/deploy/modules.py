@@ -362,24 +362,6 @@ def _public_int_conv2d(x, weight, weight_zero, stride, padding, dilation, groups
                       residual_scale, relu, out_bits, out_scale, out_zero)
 
 
-# Per layer on an H200 at batch 256 (benchmarks/results/gpu_h200/run2/bench_int_conv2d_gpu.md), Triton's int8
-# tensor-core GEMM beat the CUDA dp4a kernel on every 3x3 conv of ResNet-18 (0.39-0.86 ms vs 0.62-1.27), the dp4a
-# kernel won every 1x1 projection (0.16-0.22 ms vs 0.35-0.56) and whole small models, where the Python launch of
-# a Triton kernel costs more than the work (ResNet-20 at batch 256: 2.3 ms vs 3.4; any model at batch 1).
-# Those 3x3 convs are 29.6 G multiply-adds each, ResNet-20's at batch 256 0.6 G: the threshold sits between.
-TRITON_MIN_MACS = 2**32
-
-
-def cuda_auto_int_conv2d(x, weight, weight_zero, stride, padding, dilation, groups, *epilogue):
-    """int_conv2d on CUDA by size: the Triton kernel for convolutions wider than 1x1 with at least
-    ``TRITON_MIN_MACS`` multiply-adds, the CUDA kernel otherwise. Both are bit-exact, so only the speed differs."""
-    o, cg, kh, kw = weight.shape
-    macs = x.shape[0] * (x.shape[2] // stride[0]) * (x.shape[3] // stride[1]) * o * cg * kh * kw
-    backend = "triton" if kh * kw > 1 and macs >= TRITON_MIN_MACS else "cuda"
-    return _backend._KERNELS["int_conv2d"][backend](x, weight, weight_zero, stride, padding, dilation, groups,
-                                                    *epilogue)
-
-
 class IntegerModel(nn.Module):
     """Integer inference of an exported Q: ``forward(float images [N, C, H, W]) -> float32 logits [N, classes]``.
 
@@ -473,12 +455,8 @@ class IntegerModel(nn.Module):
         return regs[self.output_register]
 
     def conv_kernel(self, device: torch.device) -> Callable:
-        """The int_conv2d kernel of the selected backend; under ``auto`` on CUDA with both GPU kernels, a per-layer
-        choice between them (:func:`cuda_auto_int_conv2d`)."""
-        if (device.type == "cuda" and _backend.current_backend() == "auto"
-                and all(_backend.why_unavailable(b, "cuda") is None for b in ("triton", "cuda"))
-                and {"triton", "cuda"} <= set(_backend._KERNELS.get("int_conv2d", {}))):
-            return cuda_auto_int_conv2d
+        """The int_conv2d kernel the backend selection gives for ``device`` (under ``auto`` on CUDA with both GPU
+        kernels, a per-layer choice between them: ``adadfq_fast._backend.int_conv2d_cuda_choice``)."""
         return _backend.kernel_for("int_conv2d", device)
 
     # -- information ----------------------------------------------------------------------------------------
