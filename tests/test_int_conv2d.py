@@ -1,6 +1,7 @@
 """adadfq_fast.int_conv2d: the int64 reference against an independent float64 computation of the dequantized conv,
 every CPU backend bit-exact against the reference (edge cases, layouts), argument errors, opcheck."""
 import math
+import os
 
 import pytest
 import torch
@@ -21,16 +22,42 @@ def int_backend(request):
         yield request.param
 
 
+def _cpp_isas():
+    """The C++ kernel's micro-kernel families this build has besides its best one (which the plain runs use):
+    ADADFQ_INT_CONV_ISA picks a slower one, and refuses one that was not compiled in."""
+    if "cpp" not in INT_BACKENDS:
+        return []
+    x, q, z = torch.zeros(1, 16, 3, 3, dtype=torch.uint8), torch.zeros(16, 16, 1, 1, dtype=torch.int8), \
+        torch.zeros(16, dtype=torch.int32)
+    found = []
+    with adadfq_fast.use_backend("cpp"):
+        for isa in ("vnni", "avx2", "generic"):
+            os.environ["ADADFQ_INT_CONV_ISA"] = isa
+            try:
+                adadfq_fast.int_conv2d(x, q, z, 1, 0, 1, 1)
+                found.append(isa)
+            except RuntimeError as e:
+                assert "does not have it" in str(e), e
+            finally:
+                del os.environ["ADADFQ_INT_CONV_ISA"]
+    return found[1:]
+
+
 # The C++ kernel's visiting order (row-major with per-image padded copies, or weight-major with a batch copy) is
-# chosen by input size, which would leave the row-major path to large inputs only: both are also forced.
-BACKEND_ORDERS = [(b, "auto") for b in INT_BACKENDS] + [("cpp", o) for o in ("row", "weight") if "cpp" in INT_BACKENDS]
+# chosen by input size, which would leave the row-major path to large inputs only: both are also forced. So are its
+# slower micro-kernel families (AVX2 on a VNNI build, the portable loop), which other CPUs run.
+BACKEND_ORDERS = ([(b, "auto", "best") for b in INT_BACKENDS]
+                  + [("cpp", o, "best") for o in ("row", "weight") if "cpp" in INT_BACKENDS]
+                  + [("cpp", "auto", isa) for isa in _cpp_isas()])
 
 
 @pytest.fixture(params=BACKEND_ORDERS, ids=lambda p: "-".join(p))
 def backend_order(request, monkeypatch):
-    backend, order = request.param
+    backend, order, isa = request.param
     if order != "auto":
         monkeypatch.setenv("ADADFQ_INT_CONV_ORDER", order)
+    if isa != "best":
+        monkeypatch.setenv("ADADFQ_INT_CONV_ISA", isa)
     with adadfq_fast.use_backend(backend):
         yield request.param
 
@@ -237,7 +264,7 @@ def test_bit_exact_random_geometries(backend_order):
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
-def test_bit_exact_bits(int_backend, bits):
+def test_bit_exact_bits(backend_order, bits):
     """Weight and activation codes of 2..8 bits, requant to the same width, zero points at both ends."""
     x = _codes((2, 16, 8, 8), bits, offset=255 - (2**bits - 1) if bits % 2 else 0).contiguous(
         memory_format=torch.channels_last)
@@ -254,7 +281,7 @@ def test_bit_exact_bits(int_backend, bits):
 @pytest.mark.parametrize("residual_kind", ["none", "float", "codes"])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("requant", [False, True])
-def test_bit_exact_epilogue(int_backend, residual_kind, relu, requant):
+def test_bit_exact_epilogue(backend_order, residual_kind, relu, requant):
     x = _codes((2, 32, 8, 8), 4).contiguous(memory_format=torch.channels_last)
     q, z = _weights(32, 32, 3, 3, 4)
     ep = _epilogue_args(32)

@@ -22,17 +22,23 @@ timing, medians of interleaved rounds. torch.ao int8 is CPU-only and skipped. No
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import platform
 import time
+import subprocess
+import sys
+import tempfile
 import types
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from . import int_peers
 from .timer import time_variants
 
 MODELS = {
@@ -147,9 +153,22 @@ def profile_layers(model, x: torch.Tensor, repeats: int = 5) -> List[Dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def run_bench(names: Sequence[str], repeats: int, batch_override: Optional[int], progress: bool = True) -> Dict:
+def _affinity_report() -> Dict:
+    """The cores this process may run on, as the OS and as ``taskset -p`` report them (the pinning check)."""
+    rep: Dict = {"cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+    try:
+        out = subprocess.run(["taskset", "-cp", str(os.getpid())], capture_output=True, text=True, timeout=5)
+        rep["taskset"] = out.stdout.strip().rpartition(":")[2].strip() or out.stderr.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        rep["taskset"] = f"unavailable ({type(e).__name__})"
+    return rep
+
+
+def run_bench(names: Sequence[str], repeats: int, batch_override: Optional[int], progress: bool = True,
+              peers: bool = True) -> Dict:
     results = []
     profiles = {}
+    peer_why = int_peers.available() if peers else {p: "--no-peers" for p in int_peers.PEERS}
     for name in names:
         zoo, cin, size, classes, big = MODELS[name]
         big = batch_override or big
@@ -163,6 +182,13 @@ def run_bench(names: Sequence[str], repeats: int, batch_override: Optional[int],
             ao = build_ao_int8(fp, torch.randn(8 if size[0] > 64 else 32, cin, *size))
         except Exception as e:  # noqa: BLE001 - recorded in the results
             ao, ao_error = None, f"{type(e).__name__}: {e}"
+        peer_models, peer_fns, peer_settings = None, {}, {}
+        if any(why is None for why in peer_why.values()):
+            if progress:
+                print(f"[{name}] exporting to ONNX and quantizing with ONNX Runtime (QDQ int8) ...", flush=True)
+            peer_models = int_peers.PeerModels(fp, torch.randn(8 if size[0] > 64 else 32, cin, *size))
+            peer_fns, peer_settings = peer_models.callables(torch.get_num_threads(),
+                                                            [p for p, why in peer_why.items() if why is None])
         for batch in (1, big):
             x = torch.randn(batch, cin, *size)
             x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -173,14 +199,29 @@ def run_bench(names: Sequence[str], repeats: int, batch_override: Optional[int],
             }
             if ao is not None:
                 fns["ao_int8"] = lambda: ao(x)
+            x_np = x.numpy()
+            for peer, fn in peer_fns.items():
+                fns[peer] = (lambda fn=fn: fn(x_np))
             if progress:
                 print(f"[{name}] batch {batch}: timing {', '.join(fns)} ...", flush=True)
             with torch.no_grad():
                 times = time_variants(fns, repeats=repeats if batch == 1 else max(3, repeats // 4),
-                                      min_seconds=0.5 if batch == 1 else 0.0, warmup=2)
+                                      min_seconds=0.5 if batch == 1 else 0.0, warmup=2, block=20 if batch == 1 else 1)
+                y_fp = fp(x)
+                # The peers compute the same network: their output's distance to FP32 (relative, max-norm).
+                peer_err = {p: float((torch.from_numpy(np.asarray(fn(x_np))) - y_fp).abs().max() /
+                                     y_fp.abs().max().clamp_min(1e-12)) for p, fn in peer_fns.items()}
             fp32_best = min(times["fp32_nchw"], times["fp32_channels_last"])
+            present = [p for p in int_peers.PEERS if p in times]
+            best_peer = min(present, key=lambda p: times[p]) if present else None
             rec = {"model": name, "zoo": zoo, "input": [cin, *size], "batch": batch,
-                   "threads": torch.get_num_threads(), "ms": times,
+                   "threads": torch.get_num_threads(), "affinity": _affinity_report(), "ms": times,
+                   "peers": {p: {"settings": peer_settings.get(p), "skipped": peer_why[p],
+                                 "rel_err_vs_fp32": peer_err.get(p)} for p in int_peers.PEERS},
+                   "best_peer": best_peer,
+                   "integer_vs_best_peer_latency": times["integer"] / times[best_peer] if best_peer else None,
+                   "integer_vs_openvino_throughput": (times["openvino_int8"] / times["integer"]
+                                                      if "openvino_int8" in times else None),
                    "fp32_best_ms": fp32_best, "ao_error": ao_error,
                    "integer_vs_fp32": fp32_best / times["integer"],
                    "integer_vs_ao": (times["ao_int8"] / times["integer"]) if ao is not None else None,
@@ -188,6 +229,8 @@ def run_bench(names: Sequence[str], repeats: int, batch_override: Optional[int],
             results.append(rec)
             with torch.no_grad():
                 profiles[f"{name}_b{batch}_t{torch.get_num_threads()}"] = profile_layers(integer, x, repeats=3 if batch > 1 else 10)
+        if peer_models is not None:
+            peer_models.close()
         if progress:
             print(f"[{name}] done", flush=True)
     return {"records": results, "profiles": profiles}
@@ -199,29 +242,53 @@ def environment() -> Dict:
             "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
 
+def _ms(ms: Dict, key: str) -> str:
+    return f"{ms[key]:.2f}" if key in ms else "n/a"
+
+
 def markdown(data: Dict) -> str:
     env = data["environment"]
     out = [f"# bench int (CPU {env['cpu']}, torch {env['torch']}, threads {env['threads']}, {env['time']}, load "
            f"average at the end {', '.join(f'{v:.1f}' for v in env.get('load_average', ()))})", "",
            "Integer model = `adadfq_fast.deploy.export` of the W4A4 Q; fp32 = eager float32 (best of NCHW and "
-           "channels_last); ao int8 = torch.ao eager-mode static quantization (x86). Median ms per forward, "
-           "interleaved rounds in one run; speedup = other / integer.", "",
-           "| model | input | threads | batch | integer ms | fp32 NCHW ms | fp32 CL ms | ao int8 ms | integer img/s | "
-           "vs fp32 | vs ao int8 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "channels_last); ao int8 = torch.ao eager-mode static quantization (x86); ORT / OpenVINO int8 = "
+           "`onnxruntime.quantization.quantize_static` of the FP32 ONNX export (QDQ, per-channel int8 weights, "
+           "uint8 activations) run by ONNX Runtime's CPU provider and by OpenVINO. Median ms per forward, "
+           "interleaved rounds in one run; the process is pinned to as many cores as threads. "
+           "**int / best peer** = integer ms / the faster peer's ms (lower is better; issue target at batch 1: "
+           "<= 0.8); **vs OpenVINO** = OpenVINO ms / integer ms (throughput ratio; target at batch 256: >= 1.0).",
+           "", "| model | input | threads | cores | batch | integer ms | ORT int8 ms | OpenVINO int8 ms | ao int8 ms | "
+           "fp32 best ms | integer img/s | int / best peer | vs OpenVINO | vs fp32 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["records"]:
         ms = r["ms"]
-        ao = f"{ms['ao_int8']:.2f}" if "ao_int8" in ms else "n/a"
-        vs_ao = f"{r['integer_vs_ao']:.2f}x" if r["integer_vs_ao"] else "n/a"
-        out.append(f"| {r['model']} | {'x'.join(map(str, r['input']))} | {r['threads']} | {r['batch']} | "
-                   f"{ms['integer']:.2f} | "
-                   f"{ms['fp32_nchw']:.2f} | {ms['fp32_channels_last']:.2f} | {ao} | "
-                   f"{r['images_per_s']['integer']:.0f} | {r['integer_vs_fp32']:.2f}x | {vs_ao} |")
+        aff = r.get("affinity", {}).get("taskset", "")
+        ratio = f"{r['integer_vs_best_peer_latency']:.2f}" if r.get("integer_vs_best_peer_latency") else "n/a"
+        vs_ov = f"{r['integer_vs_openvino_throughput']:.2f}x" if r.get("integer_vs_openvino_throughput") else "n/a"
+        out.append(f"| {r['model']} | {'x'.join(map(str, r['input']))} | {r['threads']} | {aff} | {r['batch']} | "
+                   f"{ms['integer']:.2f} | {_ms(ms, 'ort_int8')} | {_ms(ms, 'openvino_int8')} | "
+                   f"{_ms(ms, 'ao_int8')} | {r['fp32_best_ms']:.2f} | {r['images_per_s']['integer']:.0f} | {ratio} | "
+                   f"{vs_ov} | {r['integer_vs_fp32']:.2f}x |")
     errors = {r["model"]: r["ao_error"] for r in data["records"] if r["ao_error"]}
     for model, err in errors.items():
         out.append(f"\ntorch.ao failed on {model}: {err}")
-    out += ["", "Batch-1 latency ratio integer / fp32: " + ", ".join(
-        f"{r['model']} ({r['threads']} thr) {r['ms']['integer'] / r['fp32_best_ms']:.2f}"
-        for r in data["records"] if r["batch"] == 1)]
+    skipped = {p: why for r in data["records"] for p, v in r.get("peers", {}).items() if (why := v["skipped"])}
+    for peer, why in skipped.items():
+        out.append(f"\n{peer} skipped: {why}")
+    settings = {}
+    for r in data["records"]:
+        for p, v in r.get("peers", {}).items():
+            if v.get("settings"):
+                settings.setdefault(p, set()).add(
+                    ", ".join(f"{k}={val}" for k, val in v["settings"].items() if k != "version"))
+    if settings:
+        out += ["", "Thread settings the runtimes report back: " + "; ".join(
+            f"{p}: " + " | ".join(sorted(v)) for p, v in settings.items())]
+    errs = [f"{r['model']} b{r['batch']} {p} {v['rel_err_vs_fp32']:.3f}" for r in data["records"]
+            for p, v in r.get("peers", {}).items() if v.get("rel_err_vs_fp32") is not None]
+    if errs:
+        out += ["", "Peers' output against FP32 (max |diff| / max |fp32|; they compute the same network): "
+                + ", ".join(errs)]
     out += _profile_lines(data["profiles"])
     return "\n".join(out) + "\n"
 
@@ -263,6 +330,25 @@ def _report(data: Dict, json_path: Optional[str], md_path: Optional[str], table:
     return 0
 
 
+def _run_child(argv: Sequence[str], threads: int) -> Dict:
+    """``bench int`` for one thread count in a fresh process (same arguments otherwise); its JSON records."""
+    argv = list(argv)
+    keep, skip = [], False
+    for a in argv:  # drop --threads/--json/--md and their values: the child gets its own
+        if skip and not a.startswith("-"):
+            continue
+        skip = a in ("--threads", "--json", "--md")
+        if not skip:
+            keep.append(a)
+    with tempfile.TemporaryDirectory(prefix="adadfq_bench_int_") as tmp:
+        path = os.path.join(tmp, "part.json")
+        cmd = [sys.executable, "-m", "adadfq_fast", "bench", "int", *keep, "--threads", str(threads), "--json", path,
+               "--child"]
+        subprocess.run(cmd, check=True, stdout=None if "--no-progress" not in keep else subprocess.DEVNULL)
+        with open(path) as f:
+            return json.load(f)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="adadfq-fast bench int", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -280,6 +366,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="cuda: the models whose float16 model is also timed under torch.compile (default: all run)")
     p.add_argument("--no-compile", action="store_true", help="cuda: skip torch.compile")
     p.add_argument("--note", default="", help="cuda: a sentence added to the Markdown (e.g. reduced settings)")
+    p.add_argument("--no-peers", action="store_true",
+                   help="cpu: skip ONNX Runtime and OpenVINO int8 (by default they run where installed: "
+                        "pip install '.[peers]')")
+    p.add_argument("--no-pin", action="store_true",
+                   help="cpu: do not restrict the process to as many cores as threads while timing a thread count")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one thread count of a parent run
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--md", default=None, help="write the Markdown table here (default: beside --json)")
     p.add_argument("--no-progress", action="store_true")
@@ -306,12 +398,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        on_record=save_partial, profiles=data["profiles"])
         return _report(data, args.json, md_path, markdown_cuda(data))
     data = {"records": [], "profiles": {}}
-    for threads in args.threads or [torch.get_num_threads()]:
+    thread_counts = args.threads or [torch.get_num_threads()]
+    if len(thread_counts) > 1:
+        # One process per thread count: runtimes size their thread pools once per process (OpenVINO kept the
+        # pool of the first, pinned, count), so a second count in the same process would not be what it says.
+        for threads in thread_counts:
+            part = _run_child(argv if argv is not None else sys.argv[2:], threads)
+            data["records"] += part["records"]
+            data["profiles"].update(part["profiles"])
+    else:
+        threads = thread_counts[0]
         torch.set_num_threads(threads)
-        part = run_bench(args.models or list(MODELS), args.repeats, args.batch, progress=not args.no_progress)
+        with (int_peers.pinned_cores(threads) if not args.no_pin else contextlib.nullcontext()):
+            part = run_bench(args.models or list(MODELS), args.repeats, args.batch, progress=not args.no_progress,
+                             peers=not args.no_peers)
         data["records"] += part["records"]
         data["profiles"].update(part["profiles"])
     data["environment"] = environment()
     data["environment"]["threads"] = args.threads or [torch.get_num_threads()]
     data["environment"]["load_average"] = os.getloadavg()
+    if args.child:  # the parent prints the combined table
+        _write(data, args.json, None, "")
+        return 0
     return _report(data, args.json, md_path, markdown(data))

@@ -41,6 +41,10 @@
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define ADADFQ_INT_VNNI 1
 #endif
+#if defined(__AVX2__)
+#include <immintrin.h>
+#define ADADFQ_INT_AVX2 1
+#endif
 
 namespace adadfq::cpu {
 namespace {
@@ -55,6 +59,11 @@ struct Geometry {
 // ---------------------------------------------------------------------------------------------------------
 // Packed weights (cached)
 // ---------------------------------------------------------------------------------------------------------
+// Micro-kernel families, fastest first: AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw with int16 sums, see
+// avx2_tile), the portable loop. The best one compiled in is used; ADADFQ_INT_CONV_ISA=vnni|avx2|generic
+// picks a slower one (read per call: the tests run every family this build has on the same inputs).
+enum class Isa { Generic, Avx2, Vnni };
+
 using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
 
 struct Packed {
@@ -64,15 +73,17 @@ struct Packed {
   std::vector<int8_t> weight_copy;                  // for inference tensors only
   std::vector<int32_t> zero_copy;
   int64_t groups = 0;
-  bool vnni = false;
+  Isa isa = Isa::Generic;
+  bool blocked = false;  // the [..][16 lanes][4 bytes] layout of the VNNI and AVX2 micro-kernels
 
   bool folded = false;
   std::vector<int32_t> zeff;  // per output channel: z_w, or 0 when folded into the weights
   int64_t max_abs_w = 0, max_abs_z = 0;
-  // VNNI layout: [G][nob][K4][NB][16][4] int8 (zero-padded lanes and reduction steps).
+  // Blocked layout: [G][nob][K4][NB][16][4] int8 (zero-padded lanes and reduction steps); NB 16-channel vectors
+  // per block (up to 4 for VNNI, 1 for AVX2, whose 16 ymm registers hold fewer accumulators).
   int NB = 1;
   int64_t nob = 0, K4 = 0;
-  at::Tensor vnni_w;
+  at::Tensor blocked_w;
   // Portable layout: [G][T * Cg][Og] int32.
   std::vector<int32_t> generic_w;
 };
@@ -85,14 +96,31 @@ bool same_tensor(const WeakImpl& ref, const at::Tensor& t) {
   return !ref.expired() && ref._unsafe_get_target() == t.unsafeGetTensorImpl();
 }
 
-bool use_vnni(const Geometry& g) {
+Isa best_isa() {
 #if defined(ADADFQ_INT_VNNI)
-  return g.Og >= 8;
+  return Isa::Vnni;
+#elif defined(ADADFQ_INT_AVX2)
+  return Isa::Avx2;
 #else
-  (void)g;
-  return false;
+  return Isa::Generic;
 #endif
 }
+
+Isa selected_isa() {
+  const Isa best = best_isa();
+  const char* want = std::getenv("ADADFQ_INT_CONV_ISA");
+  if (want == nullptr || *want == 0) return best;
+  Isa isa = Isa::Generic;
+  if (std::strcmp(want, "vnni") == 0) isa = Isa::Vnni;
+  else if (std::strcmp(want, "avx2") == 0) isa = Isa::Avx2;
+  else TORCH_CHECK(std::strcmp(want, "generic") == 0, "ADADFQ_INT_CONV_ISA: expected vnni, avx2 or generic, got ", want);
+  TORCH_CHECK(static_cast<int>(isa) <= static_cast<int>(best), "ADADFQ_INT_CONV_ISA=", want,
+              ": this build of the C++ kernels does not have it (compiled for a CPU without it)");
+  return isa;
+}
+
+// The blocked kernels take groups of at least 8 output channels; depthwise and tiny groups use the portable loop.
+bool use_blocked(const Geometry& g, Isa isa) { return isa != Isa::Generic && g.Og >= 8; }
 
 // Visiting order of (output-channel block, output row) pairs. Row-major (an input row stays hot across the
 // blocks; every block's weights are re-read from L2/L3 per row) unless the whole zero-padded input batch fits the
@@ -110,8 +138,9 @@ bool use_weight_major(const Geometry& g) {
   return g.N * g.Hp * g.Wp * g.Cp <= (512 << 10);
 }
 
-std::shared_ptr<Packed> pack(const at::Tensor& weight, const at::Tensor& weight_zero, const Geometry& g) {
+std::shared_ptr<Packed> pack(const at::Tensor& weight, const at::Tensor& weight_zero, const Geometry& g, Isa isa) {
   auto p = std::make_shared<Packed>(weight, weight_zero);
+  p->isa = isa;
   p->weight_version = version_of(weight);
   p->zero_version = version_of(weight_zero);
   p->groups = g.G;
@@ -148,15 +177,15 @@ std::shared_ptr<Packed> pack(const at::Tensor& weight, const at::Tensor& weight_
     for (int64_t k = 0; k < Kc; ++k)
       p->max_abs_w = std::max<int64_t>(p->max_abs_w, std::abs(static_cast<int64_t>(wp[o * Kc + k]) + (fold ? zp[o] : 0)));
 
-  p->vnni = use_vnni(g);
-  if (p->vnni) {
+  p->blocked = use_blocked(g, isa);
+  if (p->blocked) {
     const int64_t nvec = (g.Og + 15) / 16;
-    p->NB = static_cast<int>(std::min<int64_t>(4, nvec));
+    p->NB = isa == Isa::Vnni ? static_cast<int>(std::min<int64_t>(4, nvec)) : 1;
     p->nob = (nvec + p->NB - 1) / p->NB;
     p->K4 = g.T * g.Cg4 / 4;
     const int64_t block = p->K4 * p->NB * 64;
-    p->vnni_w = at::zeros({g.G * p->nob * block}, at::kChar);
-    int8_t* dst = p->vnni_w.data_ptr<int8_t>();
+    p->blocked_w = at::zeros({g.G * p->nob * block}, at::kChar);
+    int8_t* dst = p->blocked_w.data_ptr<int8_t>();
     for (int64_t gr = 0; gr < g.G; ++gr)
       for (int64_t ob = 0; ob < p->nob; ++ob) {
         int8_t* blk = dst + (gr * p->nob + ob) * block;
@@ -184,8 +213,8 @@ std::shared_ptr<Packed> pack(const at::Tensor& weight, const at::Tensor& weight_
   return p;
 }
 
-bool cache_hit(const Packed& p, const at::Tensor& weight, const at::Tensor& weight_zero, int64_t groups) {
-  if (p.groups != groups || !same_tensor(p.weight_ref, weight) || !same_tensor(p.zero_ref, weight_zero)) return false;
+bool cache_hit(const Packed& p, const at::Tensor& weight, const at::Tensor& weight_zero, int64_t groups, Isa isa) {
+  if (p.groups != groups || p.isa != isa || !same_tensor(p.weight_ref, weight) || !same_tensor(p.zero_ref, weight_zero)) return false;
   const int64_t wv = version_of(weight), zv = version_of(weight_zero);
   if (wv != p.weight_version || zv != p.zero_version) return false;
   if (wv >= 0 && zv >= 0) return true;
@@ -202,19 +231,19 @@ bool cache_hit(const Packed& p, const at::Tensor& weight, const at::Tensor& weig
 constexpr size_t kCacheEntries = 256;
 
 std::shared_ptr<const Packed> packed_weights(const at::Tensor& weight, const at::Tensor& weight_zero,
-                                             const Geometry& g) {
+                                             const Geometry& g, Isa isa) {
   static std::mutex mutex;
   static std::list<std::shared_ptr<Packed>> cache;  // most recently used first
   {
     std::lock_guard<std::mutex> lock(mutex);
     for (auto it = cache.begin(); it != cache.end(); ++it) {
-      if (cache_hit(**it, weight, weight_zero, g.G)) {
+      if (cache_hit(**it, weight, weight_zero, g.G, isa)) {
         cache.splice(cache.begin(), cache, it);
         return cache.front();
       }
     }
   }
-  auto p = pack(weight, weight_zero, g);  // outside the lock: packing large weights takes a while
+  auto p = pack(weight, weight_zero, g, isa);  // outside the lock: packing large weights takes a while
   std::lock_guard<std::mutex> lock(mutex);
   cache.remove_if([](const std::shared_ptr<Packed>& e) { return e->weight_ref.expired() || e->zero_ref.expired(); });
   cache.push_front(p);
@@ -312,6 +341,30 @@ void pad_input(const at::Tensor& x, const Geometry& g, uint8_t* xp) {
   });
 }
 
+#if defined(ADADFQ_INT_VNNI) || defined(ADADFQ_INT_AVX2)
+#define ADADFQ_INT_BLOCKED 1
+// ---------------------------------------------------------------------------------------------------------
+// Blocked micro-kernels (VNNI, AVX2): P output pixels (of one row, or of one column) x one block of 16-channel
+// vectors of one group.
+// ---------------------------------------------------------------------------------------------------------
+struct Tile {
+  const uint8_t* x;        // padded input at the window origin of the first pixel, group's channels
+  int64_t pix_stride;      // bytes between the windows of consecutive pixels (stride_w * Cp along a row)
+  int64_t out_stride;      // elements between the outputs of consecutive pixels (O along a row)
+  const int64_t* tap_off;  // [T] byte offsets of the contiguous runs of the window from its origin
+  int64_t T, C4;           // runs, 4-channel steps per run
+  int64_t skip_front, skip_back;  // 4-channel steps left out at the start / end of every run (padding columns)
+  const int8_t* w;         // packed weights of the block
+  int64_t e0;              // NHWC element index of (pixel 0, first channel of the block)
+  int64_t o0;              // first output channel of the block
+  int valid;               // valid channels in the block (<= NB * 16)
+  const int32_t* box;      // [P] box sums (when has_box)
+  int64_t flush;           // AVX2: 4-channel steps whose int16 sums provably fit before widening to int32
+};
+
+using TileFn = void (*)(const Tile&, const Epilogue&);
+#endif  // ADADFQ_INT_VNNI || ADADFQ_INT_AVX2
+
 #if defined(ADADFQ_INT_VNNI)
 // The epilogue's per-call scalars as broadcast vectors, built once per tile. Building them from a local copy of
 // the Epilogue matters: the uint8 output stores may alias anything, so reading ep's fields after a store would
@@ -352,23 +405,6 @@ inline void epilogue_vec(const Epilogue& ep, const EpilogueConsts& k, __m512i to
   asm("" : "+v"(codes));
   _mm_mask_storeu_epi8(ep.out_u8 + e, mask, codes);
 }
-
-// ---------------------------------------------------------------------------------------------------------
-// VNNI micro-kernel: P output pixels (of one row, or of one column) x NB*16 output channels of one group.
-// ---------------------------------------------------------------------------------------------------------
-struct Tile {
-  const uint8_t* x;        // padded input at the window origin of the first pixel, group's channels
-  int64_t pix_stride;      // bytes between the windows of consecutive pixels (stride_w * Cp along a row)
-  int64_t out_stride;      // elements between the outputs of consecutive pixels (O along a row)
-  const int64_t* tap_off;  // [T] byte offsets of the contiguous runs of the window from its origin
-  int64_t T, C4;           // runs, 4-channel steps per run
-  int64_t skip_front, skip_back;  // 4-channel steps left out at the start / end of every run (padding columns)
-  const int8_t* w;         // packed weights of the block
-  int64_t e0;              // NHWC element index of (pixel 0, first channel of the block)
-  int64_t o0;              // first output channel of the block
-  int valid;               // valid channels in the block (<= NB * 16)
-  const int32_t* box;      // [P] box sums (when has_box)
-};
 
 // The P pixels' windows lie pix_stride bytes apart, their outputs out_stride elements.
 template <int NB, int P>
@@ -425,14 +461,12 @@ void vnni_tile(const Tile& t, const Epilogue& ep) {
 // with 8 pixels, 4.9 with 16; 10 and 12 in between).
 constexpr int kMaxP[5] = {0, 8, 12, 8, 6};
 
-using TileFn = void (*)(const Tile&, const Epilogue&);
-
 template <int NB, int... Ps>
 constexpr std::array<TileFn, sizeof...(Ps)> tile_table(std::integer_sequence<int, Ps...>) {
   return {&vnni_tile<NB, Ps + 1>...};
 }
 
-const TileFn* tile_fns(int nb) {
+const TileFn* vnni_tile_fns(int nb) {
   static const auto t1 = tile_table<1>(std::make_integer_sequence<int, kMaxP[1]>{});
   static const auto t2 = tile_table<2>(std::make_integer_sequence<int, kMaxP[2]>{});
   static const auto t3 = tile_table<3>(std::make_integer_sequence<int, kMaxP[3]>{});
@@ -443,6 +477,197 @@ const TileFn* tile_fns(int nb) {
     case 3: return t3.data();
     default: return t4.data();
   }
+}
+
+#endif  // ADADFQ_INT_VNNI
+
+#if defined(ADADFQ_INT_AVX2)
+// ---------------------------------------------------------------------------------------------------------
+// AVX2 micro-kernel (CPUs without AVX-512 VNNI, e.g. Zen 3): vpmaddubsw multiplies 32 u8 x s8 pairs and adds
+// neighbours into 16 int16 lanes. It saturates, so it is used only where the sums provably fit int16:
+//   * a lane of one step is x_a*w_a + x_b*w_b with |.| <= 2 * max_x * max_w =: B. If B <= 32767 ("direct"),
+//     the step's int16 lanes are exact, and `flush` = floor(32767 / B) steps can be added in int16 (vpaddw)
+//     before they are widened to int32 (vpmaddwd with ones, which also adds the lane pair: the VNNI sum).
+//     At W4A4 (codes <= 15, |w| <= 15) B = 450 and flush = 72 steps: one widening per 288 channels of a window,
+//     so a step costs one multiply and one add per 32 MACs, where the usual maddubsw/maddwd/add is three.
+//   * else ("split", e.g. 8-bit codes with 8-bit weights): x = 16*hi + lo with nibbles, each product pair at
+//     most 2 * 15 * 128, two int16 sums widened as 16*hi + lo. Twice the multiplies, still exact.
+// max_x is the largest code of x (scanned per call), max_w the largest |weight| of the block's packing.
+// A 16-channel block is two ymm vectors; P pixels take 2P (direct) or 4P (split) accumulators of the 16 registers.
+// ---------------------------------------------------------------------------------------------------------
+struct EpilogueConsts8 {
+  explicit EpilogueConsts8(const Epilogue& ep)
+      : res_scale(_mm256_set1_ps(ep.res_scale)), out_scale(_mm256_set1_ps(ep.out_scale)),
+        out_zero(_mm256_set1_ps(ep.out_zero)), qmin(_mm256_set1_ps(ep.qmin)), qmax(_mm256_set1_ps(ep.qmax)),
+        out_zero_int(_mm256_set1_epi32(ep.out_zero_int)) {}
+  __m256 res_scale, out_scale, out_zero, qmin, qmax;
+  __m256i out_zero_int;
+};
+
+// 8 channels (all valid) at element index e: the same float32 steps as epilogue_scalar (and epilogue_vec).
+inline void epilogue_vec8(const Epilogue& ep, const EpilogueConsts8& k, __m256i total, __m256 mult, __m256 bias,
+                          int64_t e) {
+  __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(total), mult), bias);
+  if (ep.res_kind == 1) {
+    y = _mm256_add_ps(y, _mm256_loadu_ps(ep.res_f + e));
+  } else if (ep.res_kind == 2) {
+    const __m128i r8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(ep.res_u8 + e));
+    y = _mm256_add_ps(y, _mm256_div_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r8)), k.res_scale));
+  }
+  if (ep.out_bits == 0) {
+    if (ep.relu) y = _mm256_max_ps(_mm256_setzero_ps(), y);  // NaN and -0.0 pass, as in torch.relu
+    _mm256_storeu_ps(ep.out_f + e, y);
+    return;
+  }
+  // As in epilogue_vec: ReLU is implied by the clamp (out_zero >= 2^(k-1)); max(v, qmin) maps NaN to qmin.
+  __m256 v = _mm256_sub_ps(_mm256_mul_ps(k.out_scale, y), k.out_zero);
+  v = _mm256_min_ps(_mm256_max_ps(v, k.qmin), k.qmax);
+  const __m256i codes = _mm256_add_epi32(_mm256_cvtps_epi32(v), k.out_zero_int);  // in [0, 255]
+  const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.out_u8 + e), _mm_packus_epi16(w16, w16));
+}
+
+template <int P, bool SPLIT>
+void avx2_tile(const Tile& t, const Epilogue& ep) {
+  constexpr int H = SPLIT ? 2 : 1;  // int16 sums per (pixel, ymm): the code itself, or its high and low nibble
+  __m256i a16[P][2][H];
+  alignas(32) int32_t a32[P][16];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) {
+    for (int v = 0; v < 2; ++v)
+      for (int h = 0; h < H; ++h) a16[p][v][h] = _mm256_setzero_si256();
+    for (int c = 0; c < 16; ++c) a32[p][c] = 0;
+  }
+  const __m256i ones = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16), nibble = _mm256_set1_epi8(0x0F);
+  auto widen = [&]() {  // int16 sums -> int32 (adding each lane pair), int16 sums restart at 0
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p)
+      for (int v = 0; v < 2; ++v) {
+        __m256i w = SPLIT ? _mm256_add_epi32(_mm256_madd_epi16(a16[p][v][0], ones),
+                                             _mm256_madd_epi16(a16[p][v][H - 1], sixteen))
+                          : _mm256_madd_epi16(a16[p][v][0], ones);
+        __m256i* dst = reinterpret_cast<__m256i*>(a32[p] + 8 * v);
+        _mm256_store_si256(dst, _mm256_add_epi32(_mm256_load_si256(dst), w));
+        for (int h = 0; h < H; ++h) a16[p][v][h] = _mm256_setzero_si256();
+      }
+  };
+  const int8_t* w = t.w;
+  const int64_t ps = t.pix_stride, c4_end = t.C4 - t.skip_back;
+  int64_t left = t.flush;  // steps that may still be added in int16
+  for (int64_t tap = 0; tap < t.T; ++tap) {
+    const uint8_t* xt = t.x + t.tap_off[tap] + t.skip_front * 4;
+    w += t.skip_front * 64;
+    int64_t c4 = t.skip_front;
+    while (c4 < c4_end) {
+      const int64_t n = std::min(c4_end - c4, left);
+      for (int64_t i = 0; i < n; ++i, w += 64, xt += 4) {
+        const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
+        const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32));
+#pragma GCC unroll 8
+        for (int p = 0; p < P; ++p) {
+          int32_t four;
+          std::memcpy(&four, xt + p * ps, 4);
+          const __m256i xv = _mm256_set1_epi32(four);
+          if constexpr (SPLIT) {
+            const __m256i lo = _mm256_and_si256(xv, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(xv, 4), nibble);
+            a16[p][0][0] = _mm256_add_epi16(a16[p][0][0], _mm256_maddubs_epi16(lo, w0));
+            a16[p][1][0] = _mm256_add_epi16(a16[p][1][0], _mm256_maddubs_epi16(lo, w1));
+            a16[p][0][H - 1] = _mm256_add_epi16(a16[p][0][H - 1], _mm256_maddubs_epi16(hi, w0));
+            a16[p][1][H - 1] = _mm256_add_epi16(a16[p][1][H - 1], _mm256_maddubs_epi16(hi, w1));
+          } else {
+            a16[p][0][0] = _mm256_add_epi16(a16[p][0][0], _mm256_maddubs_epi16(xv, w0));
+            a16[p][1][0] = _mm256_add_epi16(a16[p][1][0], _mm256_maddubs_epi16(xv, w1));
+          }
+        }
+      }
+      c4 += n;
+      left -= n;
+      if (left == 0) {
+        widen();
+        left = t.flush;
+      }
+    }
+    w += t.skip_back * 64;
+  }
+  widen();
+  const Epilogue e = ep;  // a local copy, so its fields stay in registers across the output stores
+  const EpilogueConsts8 k(e);
+  for (int v = 0; v < 2; ++v) {
+    const int lanes = std::min(8, t.valid - v * 8);
+    if (lanes <= 0) break;
+    const int64_t o = t.o0 + v * 8;
+    if (lanes < 8) {  // a partial vector (channel counts that are not a multiple of 8): lane by lane
+      for (int p = 0; p < P; ++p)
+        for (int l = 0; l < lanes; ++l) {
+          const int32_t total = a32[p][8 * v + l] + (e.has_box ? e.zeff[o + l] * t.box[p] : 0);
+          epilogue_scalar(e, total, t.e0 + p * t.out_stride + v * 8 + l, o + l);
+        }
+      continue;
+    }
+    const __m256 mult = _mm256_loadu_ps(e.mult + o), bias = _mm256_loadu_ps(e.bias + o);
+    const __m256i zeff = e.has_box ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.zeff + o))
+                                   : _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      __m256i total = _mm256_load_si256(reinterpret_cast<const __m256i*>(a32[p] + 8 * v));
+      if (e.has_box) total = _mm256_add_epi32(total, _mm256_mullo_epi32(zeff, _mm256_set1_epi32(t.box[p])));
+      epilogue_vec8(e, k, total, mult, bias, t.e0 + p * t.out_stride + v * 8);
+    }
+  }
+}
+
+// Pixels per tile: direct tiles hold 2P int16 sums, 2 weight vectors and a broadcast (P = 6: 15 registers);
+// split tiles 4P sums plus the nibble temporaries.
+constexpr int kMaxPAvx2 = 6, kMaxPAvx2Split = 3;
+
+template <bool SPLIT, int... Ps>
+constexpr std::array<TileFn, sizeof...(Ps)> avx2_tile_table(std::integer_sequence<int, Ps...>) {
+  return {&avx2_tile<Ps + 1, SPLIT>...};
+}
+
+const TileFn* avx2_tile_fns(bool split) {
+  static const auto direct = avx2_tile_table<false>(std::make_integer_sequence<int, kMaxPAvx2>{});
+  static const auto nibbles = avx2_tile_table<true>(std::make_integer_sequence<int, kMaxPAvx2Split>{});
+  return split ? nibbles.data() : direct.data();
+}
+
+// Largest code of x (uint8, any strides): bounds the AVX2 kernel's int16 sums.
+int max_code(const at::Tensor& x) {
+  if (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    const uint8_t* p = x.const_data_ptr<uint8_t>();
+    const int64_t n = x.numel();
+    uint8_t m = 0;
+#pragma omp simd reduction(max : m)
+    for (int64_t i = 0; i < n; ++i) m = p[i] > m ? p[i] : m;
+    return m;
+  }
+  return x.numel() ? static_cast<int>(x.max().item<uint8_t>()) : 0;
+}
+#endif  // ADADFQ_INT_AVX2
+
+#if defined(ADADFQ_INT_BLOCKED)
+// The micro-kernel family a call uses: its tile functions (index P - 1), the largest P, and the int16 flush
+// interval (AVX2 only).
+struct TileKernels {
+  const TileFn* fns;
+  int maxP;
+  int64_t flush;
+};
+
+TileKernels tile_kernels(const Packed& pk, int x_max) {
+#if defined(ADADFQ_INT_VNNI)
+  if (pk.isa == Isa::Vnni) return {vnni_tile_fns(pk.NB), kMaxP[pk.NB], 0};
+#endif
+#if defined(ADADFQ_INT_AVX2)
+  const int64_t mw = pk.max_abs_w, mx = x_max;
+  const int64_t pair = 2 * mx * mw;  // bound of one step's int16 lane (a pair of products)
+  if (pair <= 32767) return {avx2_tile_fns(false), kMaxPAvx2, pair ? 32767 / pair : (int64_t{1} << 40)};
+  const int64_t nib = 2 * std::max<int64_t>(std::min<int64_t>(mx, 15), mx >> 4) * mw;  // <= 2 * 15 * 128
+  return {avx2_tile_fns(true), kMaxPAvx2Split, 32767 / nib};
+#else
+  (void)x_max;
+  TORCH_CHECK(false, "int_conv2d: no blocked kernel for this ISA");
+#endif
 }
 
 // The micro-kernels read x in place (direct, below) or a zero-padded NHWC image: xp (the whole batch, padded
@@ -456,8 +681,8 @@ const TileFn* tile_fns(int nb) {
 // at the borders cost more than it saved.) In place (direct), every tile skips all of its windows' padding
 // (below), so nothing outside the image is read; window origins are counted in x's own coordinates, where they
 // may lie before a row or image start (only their in-image taps are read).
-void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const InputView* x_view, const int32_t* S,
-              const Epilogue& ep, bool weight_major, bool direct) {
+void run_blocked(const Geometry& g, const Packed& pk, const uint8_t* xp, const InputView* x_view, const int32_t* S,
+                 const Epilogue& ep, bool weight_major, bool direct, int x_max) {
   // The buffer read: the zero-padded image ([Hp][Wp], origin of output pixel (oh, ow) at (oh*sh, ow*sw)) or x
   // ([H][W], origin at (oh*sh - ph, ow*sw - pw)).
   const int64_t row_px = direct ? g.W : g.Wp, oy = direct ? g.ph : 0, ox = direct ? g.pw : 0;
@@ -469,11 +694,12 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
   const int64_t runs = row_runs ? g.kh : g.T, run_c4 = (row_runs ? g.kw : 1) * g.Cg4 / 4;
   std::vector<int64_t> tap_off(runs);
   for (int64_t r = 0; r < runs; ++r) tap_off[r] = tap_pix[row_runs ? r * g.kw : r] * g.Cp;
-  const int NB = pk.NB, maxP = kMaxP[NB];
+  const TileKernels kernels = tile_kernels(pk, x_max);
+  const int NB = pk.NB, maxP = kernels.maxP;
   // Each output row is cut into near-equal tiles of at most maxP pixels. (Tiles of consecutive pixels across rows,
   // so that short rows still fill maxP pixels per weight load, were tried on 7x7 to 16x16 maps: level with row
   // tiles at 64+ channels and 3-8% slower at 32, at batch 1 to 256, through their per-pixel address registers.)
-  const TileFn* fns = tile_fns(NB);
+  const TileFn* fns = kernels.fns;
   const int64_t npix = g.Ho * g.Wo;
   const int64_t block = pk.K4 * NB * 64;
   const int64_t nob = pk.nob;
@@ -531,8 +757,9 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
         for (int64_t hp = 0; hp < g.Hp; ++hp) pad_row(*x_view, g, n, hp, image.data() + hp * g.Wp * g.Cp);
         image_n = n;
       }
-      const int8_t* w_block = pk.vnni_w.const_data_ptr<int8_t>() + gb * block;
+      const int8_t* w_block = pk.blocked_w.const_data_ptr<int8_t>() + gb * block;
       Tile t;
+      t.flush = kernels.flush;
       t.C4 = run_c4;
       t.o0 = gr * g.Og + ob * NB * 16;
       t.valid = static_cast<int>(std::min<int64_t>(NB * 16, g.Og - ob * NB * 16));
@@ -603,7 +830,7 @@ void run_vnni(const Geometry& g, const Packed& pk, const uint8_t* xp, const Inpu
     }
   });
 }
-#endif  // ADADFQ_INT_VNNI
+#endif  // ADADFQ_INT_BLOCKED
 
 // Portable path: any groups, any build. Per output pixel and group, int32 sums vectorized over the group's
 // output channels.
@@ -689,7 +916,8 @@ at::Tensor int_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::T
                              x.options().dtype(out_bits ? at::kByte : at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return cl_out ? out : out.contiguous();
 
-  auto pk = packed_weights(weight, weight_zero, g);
+  const Isa isa = selected_isa();
+  auto pk = packed_weights(weight, weight_zero, g, isa);
   // int32 sums: |total| <= 255 * K * (max|w_eff| + max|z_eff|).
   const int64_t K = g.Cg * g.T;
   TORCH_CHECK(255 * K * (pk->max_abs_w + pk->max_abs_z) < (int64_t{1} << 31),
@@ -705,9 +933,9 @@ at::Tensor int_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::T
   const bool weight_major = use_weight_major(g);
   // Read x in place (no padded copy) where the VNNI kernel can skip all padding: channels_last x whose channels
   // are whole 4-byte steps, one group, no dilation along rows, no box sums.
-  const bool direct = pk->vnni && !has_box && !x_is_padded && g.G == 1 && g.Cg4 == g.Cg && g.dw == 1 &&
+  const bool direct = pk->blocked && !has_box && !x_is_padded && g.G == 1 && g.Cg4 == g.Cg && g.dw == 1 &&
                       x.is_contiguous(at::MemoryFormat::ChannelsLast) && pk->K4 * pk->NB * 64 <= (96 << 10);
-  const bool pad_per_image = pk->vnni && !has_box && !x_is_padded && !direct && !weight_major;
+  const bool pad_per_image = pk->blocked && !has_box && !x_is_padded && !direct && !weight_major;
   const InputView x_view(x);
   at::Tensor xp_t;
   const uint8_t* xp = nullptr;
@@ -763,15 +991,19 @@ at::Tensor int_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::T
     ep.out_f = out.data_ptr<float>();
   }
 
-#if defined(ADADFQ_INT_VNNI)
-  if (pk->vnni) {
-    run_vnni(g, *pk, xp, &x_view, has_box ? S_t.const_data_ptr<int32_t>() : nullptr, ep, weight_major, direct);
-  } else {
-    run_generic(g, *pk, xp, ep);
-  }
+#if defined(ADADFQ_INT_BLOCKED)
+  if (pk->blocked) {
+#if defined(ADADFQ_INT_AVX2)
+    const int x_max = pk->isa == Isa::Avx2 ? max_code(x) : 255;
 #else
-  run_generic(g, *pk, xp, ep);
+    const int x_max = 255;
 #endif
+    run_blocked(g, *pk, xp, &x_view, has_box ? S_t.const_data_ptr<int32_t>() : nullptr, ep, weight_major, direct,
+                x_max);
+    return cl_out ? out : out.contiguous();
+  }
+#endif
+  run_generic(g, *pk, xp, ep);
   return cl_out ? out : out.contiguous();
 }
 

@@ -57,6 +57,28 @@ struct CodesVec {
     return _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(v), zero_int));
   }
 };
+#elif defined(__AVX2__) && defined(__FMA__)
+// The same steps on 8 floats (CPUs without AVX-512, e.g. Zen 3): without it they ran one element at a time, 9 ms of
+// the first layer's 11.5 ms at ResNet-20 CIFAR shape, batch 256.
+struct CodesVec8 {
+  explicit CodesVec8(const CodesParams& p)
+      : scale(_mm256_set1_ps(p.scale)), zero(_mm256_set1_ps(p.zero)), qmin(_mm256_set1_ps(p.qmin)),
+        qmax(_mm256_set1_ps(p.qmax)), zero_int(_mm256_set1_epi32(p.zero_int)), relu(p.relu) {}
+  __m256 scale, zero, qmin, qmax;
+  __m256i zero_int;
+  bool relu;
+
+  // 8 floats -> 8 codes (in the low 8 bytes of the result).
+  __m128i operator()(__m256 v) const {
+    if (relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);  // NaN passes, as in torch.relu
+    v = _mm256_sub_ps(_mm256_mul_ps(scale, v), zero);
+    v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));  // NaN -> 0, so q = 0
+    v = _mm256_min_ps(_mm256_max_ps(v, qmin), qmax);
+    const __m256i c = _mm256_add_epi32(_mm256_cvtps_epi32(v), zero_int);  // in [0, 255]
+    const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    return _mm_packus_epi16(w16, w16);
+  }
+};
 #endif
 
 // n elements without the affine, or all of one channel (scalar mult/add).
@@ -69,6 +91,14 @@ void codes_span(const float* y, uint8_t* out, int64_t n, const CodesParams& p, b
     __m512 v = _mm512_loadu_ps(y + i);
     if (affine) v = _mm512_fmadd_ps(v, m, a);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), codes(v));
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
+  const CodesVec8 codes(p);
+  const __m256 m = _mm256_set1_ps(mult), a = _mm256_set1_ps(add);
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(y + i);
+    if (affine) v = _mm256_fmadd_ps(v, m, a);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + i), codes(v));
   }
 #endif
   for (; i < n; ++i) out[i] = code_scalar(y[i], p, mult, add, affine);
@@ -88,8 +118,21 @@ void codes_pixels(const float* y, uint8_t* out, int64_t pixels, int64_t C, const
     }
   }
 #else
-  for (int64_t px = 0; px < pixels; ++px, y += C, out += C)
-    for (int64_t c = 0; c < C; ++c) out[c] = code_scalar(y[c], p, mult[c], add[c], true);
+#if defined(__AVX2__) && defined(__FMA__)
+  const CodesVec8 codes(p);
+  const int64_t C8 = C - C % 8;
+#else
+  const int64_t C8 = 0;
+#endif
+  for (int64_t px = 0; px < pixels; ++px, y += C, out += C) {
+#if defined(__AVX2__) && defined(__FMA__)
+    for (int64_t c = 0; c < C8; c += 8) {
+      const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(y + c), _mm256_loadu_ps(mult + c), _mm256_loadu_ps(add + c));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out + c), codes(v));
+    }
+#endif
+    for (int64_t c = C8; c < C; ++c) out[c] = code_scalar(y[c], p, mult[c], add[c], true);
+  }
 #endif
 }
 
