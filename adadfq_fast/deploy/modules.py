@@ -212,8 +212,14 @@ class _FloatConv:
         x = regs[self.inp]
         if self.in_codes:  # the dequantized activation m / s_x, as QuantAct returns it
             x = x.to(torch.float32) / self.in_scale
-        if self.pad_channel:
-            x = torch.cat([x, torch.zeros_like(x)], dim=1).contiguous(memory_format=torch.channels_last)
+        else:
+            if self.pad_channel:
+                x = torch.cat([x, torch.zeros_like(x)], dim=1)
+            # One image: oneDNN's NCHW conv is 2-3x faster than its NHWC one (ResNet-20: 0.03 against 0.07 ms),
+            # and NCHW is the layout a user hands Q, so Q computes these floats (at batch 1 the two layouts'
+            # results differ in the last bits; from 4 images on they agree). A batch: NHWC (5x faster at 32
+            # images). int_program.cpp (first_conv_layout) makes the same choice.
+            x = x.contiguous() if x.shape[0] == 1 else x.contiguous(memory_format=torch.channels_last)
         y = F.conv2d(x, self.weight, self.bias, *self.params)
         if self.bn_fma is not None and y.device.type == "cpu" and not use_custom_op(y):
             if self.pool is not None:  # pool first: BN is then applied to a quarter of the values (see _build)
@@ -362,6 +368,49 @@ def _public_int_conv2d(x, weight, weight_zero, stride, padding, dilation, groups
                       residual_scale, relu, out_bits, out_scale, out_zero)
 
 
+def _native_program_class():
+    """``torch.classes.adadfq_native.IntProgram`` (csrc/cpu/int_program.cpp), or None where the C++ library (or a
+    build of it with the class) is not loaded."""
+    if not has_native_kernel("int_conv2d", "CPU"):
+        return None
+    try:
+        return torch.classes.adadfq_native.IntProgram
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _build_program(runners: List[Any], output_register: int):
+    """The whole forward as one C++ call (``IntProgram``) when every layer is a step it has: the float first conv
+    with its one-pass codes kernel, the integer convs, the head on codes; else None (the Python runners run)."""
+    cls = _native_program_class()
+    if cls is None or any(getattr(r, "weight", torch.empty(0)).device.type != "cpu" for r in runners):
+        return None
+    prog = cls()
+    alias: Dict[int, int] = {}  # a fused max pool's output register is its float conv's
+    reg = lambda r: alias.get(r, r)  # noqa: E731
+    for run in runners:
+        if isinstance(run, _IntConv):
+            prog.add_int_conv(reg(run.inp), reg(run.out), -1 if run.res is None else reg(run.res), run.weight,
+                              run.zero, run.mult, run.bias, *run.params, run.res_scale, *run.tail)
+        elif isinstance(run, _FloatConv):
+            if run.in_codes or run.res is not None or not run.out_bits or (run.bn is not None and run.bn_fma is None):
+                return None
+            pool = [] if run.pool is None else [int(v) for a in run.pool[:4] for v in a] + [int(run.pool[4])]
+            fma = run.bn_fma or (None, None)
+            prog.add_float_conv(reg(run.inp), reg(run.out), run.weight, run.bias, *[list(p) for p in run.params[:3]],
+                                run.params[3], run.pad_channel, pool, run.scale, run.zero, run.out_bits, run.relu,
+                                *fma)
+        elif isinstance(run, _Head) and run.codes:
+            prog.add_head_codes(reg(run.inp), reg(run.out), run.w, run.z, run.inv, run.bias,
+                                [] if run.pool is None else list(run.pool))
+        elif isinstance(run, _MaxPool) and run.fused:
+            alias[run.out] = reg(run.inp)  # pooled inside the float conv before it (see IntegerModel._build)
+        else:
+            return None
+    prog.finish(reg(output_register))
+    return prog
+
+
 class IntegerModel(nn.Module):
     """Integer inference of an exported Q: ``forward(float images [N, C, H, W]) -> float32 logits [N, classes]``.
 
@@ -399,6 +448,8 @@ class IntegerModel(nn.Module):
         for run in self._runners:
             if isinstance(run, _FloatConv):
                 run.bn_fma = _bn_fold(run)
+        # On CPU with the C++ library: the whole forward in one native call (see _build_program).
+        self._program = _build_program(self._runners, self.output_register) if self.USE_PROGRAM else None
         first = self.layers[0]
         self.in_channels = int(self.meta.get("in_channels", 0)) or None
         self._first_float = first.kind == "conv" and not first.cfg["int"]
@@ -421,6 +472,19 @@ class IntegerModel(nn.Module):
             if (isinstance(conv, _FloatConv) and conv.out_bits and isinstance(pool, _MaxPool)
                     and pool.inp == conv.out and readers.get(conv.out) == 1):
                 conv.pool, pool.fused = pool.args, True
+
+    # Run the native program where one was built (False: always the Python runners; the tests compare both).
+    USE_PROGRAM = True
+
+    def __getstate__(self):  # copy/deepcopy/pickle: the native program is rebuilt from the layers, not copied
+        state = dict(self.__dict__)
+        state["_program"] = None
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self.USE_PROGRAM and self.__dict__.get("_runners") is not None:
+            self._program = _build_program(self._runners, self.output_register)
 
     def _apply(self, fn, recurse=True):
         # .to(device)/.cuda() move the source tensors; the prepared copies are rebuilt from them.
@@ -445,6 +509,9 @@ class IntegerModel(nn.Module):
         # channels_last: the integer kernels take codes in it, and the float first conv is much faster in it
         # (oneDNN's NHWC path; same values as NCHW, which the tests check through the first layer's codes).
         x = x.to(torch.float32).contiguous(memory_format=torch.channels_last)
+        if (self._program is not None and x.device.type == "cpu" and not use_custom_op(x)
+                and _backend.resolve("int_conv2d", x.device) == "cpp"):
+            return self._program.run(x)
         kernel = _public_int_conv2d if use_custom_op(x) else self.conv_kernel(x.device)
         regs: List[Optional[Tensor]] = [None] * self.num_registers
         regs[0] = x

@@ -37,6 +37,7 @@
 #include <c10/util/intrusive_ptr.h>
 
 #include "cpu_common.h"
+#include "int_kernels.h"
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define ADADFQ_INT_VNNI 1
@@ -885,6 +886,8 @@ void channel_sums(const uint8_t* xp, const Geometry& g, int32_t* S) {
   });
 }
 
+}  // namespace
+
 at::Tensor int_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_zero,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       const at::Tensor& out_mult, const at::Tensor& out_bias, const std::optional<at::Tensor>& residual,
@@ -1006,8 +1009,6 @@ at::Tensor int_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::T
   run_generic(g, *pk, xp, ep);
   return cl_out ? out : out.contiguous();
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(adadfq_native, CPU, m) { m.impl("int_conv2d", &int_conv2d); }
 

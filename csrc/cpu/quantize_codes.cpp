@@ -18,6 +18,7 @@
 // layer, that this is bit for bit what torch's batch_norm computes on this machine (deploy/modules.py,
 // _bn_as_fma); that saves the separate BN pass over the float map.
 #include "cpu_common.h"
+#include "int_kernels.h"
 
 namespace adadfq::cpu {
 namespace {
@@ -136,6 +137,8 @@ void codes_pixels(const float* y, uint8_t* out, int64_t pixels, int64_t C, const
 #endif
 }
 
+}  // namespace
+
 at::Tensor quantize_codes(const at::Tensor& y, double scale, double zero, int64_t bits, bool relu,
                           const std::optional<at::Tensor>& channel_mult, const std::optional<at::Tensor>& channel_add) {
   check_cpu(y, "y");
@@ -194,8 +197,6 @@ at::Tensor quantize_codes(const at::Tensor& y, double scale, double zero, int64_
   }
   return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(adadfq_native, CPU, m) { m.impl("quantize_codes", &quantize_codes); }
 
