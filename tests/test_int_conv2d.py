@@ -397,3 +397,17 @@ def test_compile_fullgraph():
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(x), f(x))
+
+
+@pytest.mark.parametrize("residual_scale", [2.5, 1 / 3, 7.123456, 0.0371, 113.7])
+def test_bit_exact_residual_codes_scales(backend_order, residual_scale):
+    """Residual codes r enter as r / residual_scale; the AVX2 epilogue replaces that division by a reciprocal and
+    one correction step where an exhaustive check over the 256 codes allows it: any scale must stay exact."""
+    x = _codes((2, 16, 9, 9), 4).contiguous(memory_format=torch.channels_last)
+    q, z = _weights(16, 16, 3, 3, 4)
+    ep = _epilogue_args(16)
+    res = torch.arange(2 * 16 * 9 * 9).remainder(256).to(torch.uint8).reshape(2, 16, 9, 9)  # every code
+    kw = dict(residual=res, residual_scale=residual_scale, relu=True)
+    for out_bits in (0, 4):
+        kw.update(out_bits=out_bits, out_scale=5.0, out_zero=8.0 if out_bits else 0.0)
+        assert torch.equal(_call(x, q, z, 1, 1, **ep, **kw), _ref(x, q, z, 1, 1, **ep, **kw))

@@ -206,7 +206,8 @@ def run_bench(names: Sequence[str], repeats: int, batch_override: Optional[int],
                 print(f"[{name}] batch {batch}: timing {', '.join(fns)} ...", flush=True)
             with torch.no_grad():
                 times = time_variants(fns, repeats=repeats if batch == 1 else max(3, repeats // 4),
-                                      min_seconds=0.5 if batch == 1 else 0.0, warmup=2, block=20 if batch == 1 else 1)
+                                      min_seconds=0.5 if batch == 1 else 0.0, warmup=2, block=50 if batch == 1 else 1,
+                                      block_warmup=10 if batch == 1 else 0)
                 y_fp = fp(x)
                 # The peers compute the same network: their output's distance to FP32 (relative, max-norm).
                 peer_err = {p: float((torch.from_numpy(np.asarray(fn(x_np))) - y_fp).abs().max() /

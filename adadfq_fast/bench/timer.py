@@ -14,11 +14,11 @@ def _sync(device: str) -> None:
 
 
 def time_variants(fns: Dict[str, Callable[[], object]], device: str = "cpu", repeats: int = 30,
-                  min_seconds: float = 0.2, warmup: int = 3, block: int = 1) -> Dict[str, float]:
-    """Median milliseconds per call of each function. Rounds run every variant in turn (interleaved), `block`
-    back-to-back calls each (a sample is their mean): with block > 1 a variant's first call after another runtime's
-    is a small share of its sample (thread pools that spin after their last call, e.g. ONNX Runtime's and OpenMP's,
-    would otherwise tax whichever variant runs next on the same cores)."""
+                  min_seconds: float = 0.2, warmup: int = 3, block: int = 1, block_warmup: int = 0) -> Dict[str, float]:
+    """Median milliseconds per call of each function. Rounds run every variant in turn (interleaved): first
+    `block_warmup` untimed calls, then `block` timed back-to-back calls (a sample is their mean). Runtimes that keep
+    their own thread pools (ONNX Runtime, OpenVINO, OpenMP) leave those threads spinning for a while after their
+    last call, which taxes whichever variant runs next on the same cores: the untimed calls let them go idle."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -28,6 +28,9 @@ def time_variants(fns: Dict[str, Callable[[], object]], device: str = "cpu", rep
     rounds = 0
     while rounds < repeats or (time.perf_counter() - start < min_seconds and rounds < 10 * repeats):
         for name, fn in fns.items():
+            for _ in range(block_warmup):
+                fn()
+            _sync(device)
             t0 = time.perf_counter()
             for _ in range(block):
                 fn()

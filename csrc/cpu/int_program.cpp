@@ -14,6 +14,8 @@
 #include <torch/custom_class.h>
 
 #include <algorithm>
+#include <array>
+#include <mutex>
 #include <vector>
 
 #include "cpu_common.h"
@@ -117,28 +119,75 @@ struct IntProgram : torch::CustomClassHolder {
 
   at::Tensor run(const at::Tensor& x) const {
     TORCH_CHECK(!frees.empty(), "IntProgram.run: call finish() first");
+    // Buffers of released registers are kept (pool_) for the next steps and the next call: at batch 256 each
+    // fresh multi-MB output was a new mapping whose pages the kernel faulted in and zeroed. A concurrent call
+    // (another thread) allocates as usual instead of waiting.
+    std::unique_lock<std::mutex> lock(pool_mutex_, std::try_to_lock);
+    std::vector<at::Tensor>* pool = lock.owns_lock() ? &pool_ : nullptr;
     std::vector<at::Tensor> regs(num_registers);
+    std::vector<int> bound(num_registers, -1);  // largest code a register can hold, where its producer says
     regs[0] = x;
     for (size_t i = 0; i < steps.size(); ++i) {
       const Step& s = steps[i];
       const at::Tensor& in = regs[s.inp];
       TORCH_CHECK(in.defined(), "IntProgram: step ", i, " reads register ", s.inp, ", which holds nothing");
       switch (s.kind) {
-        case Kind::FloatConv: regs[s.out] = float_conv(float_convs[s.index], in); break;
+        case Kind::FloatConv: {
+          const FloatConvStep& c = float_convs[s.index];
+          regs[s.out] = float_conv(c, in);
+          bound[s.out] = code_bound(c.zero, c.bits);
+          break;
+        }
         case Kind::IntConv: {
           const IntConvStep& c = int_convs[s.index];
           std::optional<at::Tensor> res;
           if (s.res >= 0) res = regs[s.res];
-          regs[s.out] = int_conv2d(in, c.weight, c.zero, c.stride, c.padding, c.dilation, c.groups, c.mult, c.bias,
-                                   res, c.res_scale, c.relu, c.out_bits, c.out_scale, c.out_zero);
+          at::Tensor buf = s.out == output_register ? at::Tensor() : take(pool, c, in);
+          regs[s.out] = int_conv2d_into(in, c.weight, c.zero, c.stride, c.padding, c.dilation, c.groups, c.mult,
+                                        c.bias, res, c.res_scale, c.relu, c.out_bits, c.out_scale, c.out_zero,
+                                        bound[s.inp], buf.defined() ? &buf : nullptr);
+          bound[s.out] = c.out_bits ? code_bound(c.out_zero, c.out_bits) : -1;
           break;
         }
         case Kind::Head: regs[s.out] = head(heads[s.index], in); break;
       }
-      for (int64_t r : frees[i]) regs[r].reset();
+      for (int64_t r : frees[i]) {
+        if (pool != nullptr && regs[r].defined() && regs[r].use_count() == 1 && pool->size() < kMaxPooled &&
+            !regs[r].is_same(x))
+          pool->push_back(std::move(regs[r]));
+        regs[r].reset();
+      }
     }
     return regs[output_register];
   }
+
+  static int code_bound(double zero, int64_t bits) {
+    return static_cast<int>(zero) + (1 << (bits - 1)) - 1;
+  }
+
+  // A pooled buffer of an int conv's output shape (NHWC), removed from the pool; else undefined.
+  static at::Tensor take(std::vector<at::Tensor>* pool, const IntConvStep& c, const at::Tensor& x) {
+    if (pool == nullptr || x.dim() != 4) return {};
+    const int64_t kh = c.weight.size(2), kw = c.weight.size(3);
+    const int64_t ho = (x.size(2) + 2 * c.padding[0] - c.dilation[0] * (kh - 1) - 1) / c.stride[0] + 1;
+    const int64_t wo = (x.size(3) + 2 * c.padding[1] - c.dilation[1] * (kw - 1) - 1) / c.stride[1] + 1;
+    const std::array<int64_t, 4> shape{x.size(0), c.weight.size(0), ho, wo};
+    const auto dtype = c.out_bits ? at::kByte : at::kFloat;
+    for (size_t j = 0; j < pool->size(); ++j) {
+      const at::Tensor& t = (*pool)[j];
+      if (t.scalar_type() == dtype && t.sizes() == at::IntArrayRef(shape) &&
+          t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+        at::Tensor found = std::move((*pool)[j]);
+        pool->erase(pool->begin() + static_cast<std::ptrdiff_t>(j));
+        return found;
+      }
+    }
+    return {};
+  }
+
+  static constexpr size_t kMaxPooled = 8;
+  mutable std::mutex pool_mutex_;
+  mutable std::vector<at::Tensor> pool_;
 
   // modules._FloatConv.__call__ with a float image in, codes out, BN (if any) as the codes kernel's fma.
   static at::Tensor float_conv(const FloatConvStep& c, at::Tensor x) {
