@@ -401,8 +401,8 @@ def test_compile_fullgraph():
 
 @pytest.mark.parametrize("residual_scale", [2.5, 1 / 3, 7.123456, 0.0371, 113.7])
 def test_bit_exact_residual_codes_scales(backend_order, residual_scale):
-    """Residual codes r enter as r / residual_scale; the AVX2 epilogue replaces that division by a reciprocal and
-    one correction step where an exhaustive check over the 256 codes allows it: any scale must stay exact."""
+    """Residual codes r enter as r / residual_scale (a float32 division in every epilogue, vector or scalar), over
+    every code and scales that are not powers of two."""
     x = _codes((2, 16, 9, 9), 4).contiguous(memory_format=torch.channels_last)
     q, z = _weights(16, 16, 3, 3, 4)
     ep = _epilogue_args(16)

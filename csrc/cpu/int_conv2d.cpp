@@ -264,9 +264,6 @@ struct Epilogue {
   const float* res_f;
   const uint8_t* res_u8;
   float res_scale;
-  // 1/res_scale when r / res_scale == fma(r - q*s, 1/s, q) with q = r * (1/s) for every code r in [0, 255]
-  // (checked per call, exhaustively: res_div_by_fma), else 0 (the vector epilogues divide).
-  float res_inv;
   bool relu;
   int out_bits;
   float out_scale, out_zero, qmin, qmax;
@@ -274,21 +271,6 @@ struct Epilogue {
   float* out_f;
   uint8_t* out_u8;
 };
-
-// A division-free r / s for the codes r of a residual: one Markstein step from the reciprocal, q = r*(1/s),
-// e = r - q*s (exact by fma), q + e*(1/s), used only where it equals the correctly rounded quotient for all 256 codes
-// (an exhaustive check, so it is exact by construction). vdivps was 14% of a 16-channel residual layer on Zen 3
-// (one quotient per output, at most one per 5 cycles).
-float res_div_by_fma(float s) {
-  const float inv = 1.0f / s;
-  for (int r = 0; r < 256; ++r) {
-    const float x = static_cast<float>(r);
-    const float q = x * inv;
-    const float e = std::fma(-q, s, x);
-    if (std::fma(e, inv, q) != x / s) return 0.0f;
-  }
-  return inv;
-}
 
 // One output element: e = NHWC element index, o = channel.
 inline void epilogue_scalar(const Epilogue& ep, int32_t total, int64_t e, int64_t o) {
@@ -516,12 +498,11 @@ const TileFn* vnni_tile_fns(int nb) {
 // ---------------------------------------------------------------------------------------------------------
 struct EpilogueConsts8 {
   explicit EpilogueConsts8(const Epilogue& ep)
-      : res_scale(_mm256_set1_ps(ep.res_scale)), res_inv(_mm256_set1_ps(ep.res_inv)),
-        out_scale(_mm256_set1_ps(ep.out_scale)), out_zero(_mm256_set1_ps(ep.out_zero)), qmin(_mm256_set1_ps(ep.qmin)),
-        qmax(_mm256_set1_ps(ep.qmax)), out_zero_int(_mm256_set1_epi32(ep.out_zero_int)), res_fma(ep.res_inv != 0.f) {}
-  __m256 res_scale, res_inv, out_scale, out_zero, qmin, qmax;
+      : res_scale(_mm256_set1_ps(ep.res_scale)), out_scale(_mm256_set1_ps(ep.out_scale)),
+        out_zero(_mm256_set1_ps(ep.out_zero)), qmin(_mm256_set1_ps(ep.qmin)), qmax(_mm256_set1_ps(ep.qmax)),
+        out_zero_int(_mm256_set1_epi32(ep.out_zero_int)) {}
+  __m256 res_scale, out_scale, out_zero, qmin, qmax;
   __m256i out_zero_int;
-  bool res_fma;
 };
 
 // 8 channels (all valid) at element index e: the same float32 steps as epilogue_scalar (and epilogue_vec).
@@ -532,15 +513,7 @@ inline void epilogue_vec8(const Epilogue& ep, const EpilogueConsts8& k, __m256i 
     y = _mm256_add_ps(y, _mm256_loadu_ps(ep.res_f + e));
   } else if (ep.res_kind == 2) {
     const __m128i r8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(ep.res_u8 + e));
-    const __m256 r = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r8));
-    __m256 q;
-    if (k.res_fma) {  // r / res_scale without a division (see res_div_by_fma)
-      q = _mm256_mul_ps(r, k.res_inv);
-      q = _mm256_fmadd_ps(_mm256_fnmadd_ps(q, k.res_scale, r), k.res_inv, q);
-    } else {
-      q = _mm256_div_ps(r, k.res_scale);
-    }
-    y = _mm256_add_ps(y, q);
+    y = _mm256_add_ps(y, _mm256_div_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r8)), k.res_scale));
   }
   if (ep.out_bits == 0) {
     if (ep.relu) y = _mm256_max_ps(_mm256_setzero_ps(), y);  // NaN and -0.0 pass, as in torch.relu
@@ -1023,7 +996,6 @@ at::Tensor int_conv2d_into(const at::Tensor& x, const at::Tensor& weight, const 
     }
   }
   ep.res_scale = static_cast<float>(residual_scale);
-  ep.res_inv = ep.res_kind == 2 ? res_div_by_fma(ep.res_scale) : 0.0f;
   ep.relu = relu;
   ep.out_bits = static_cast<int>(out_bits);
   ep.out_scale = static_cast<float>(out_scale);
