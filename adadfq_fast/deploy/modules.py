@@ -169,6 +169,11 @@ def _bn_fold(run: "_FloatConv") -> Optional[tuple]:
     return fma
 
 
+def _nchw_first_conv(x: Tensor) -> bool:
+    """Whether the float first conv takes its image in NCHW (one image of at most 64x64 pixels), see _FloatConv."""
+    return x.shape[0] == 1 and x.shape[2] * x.shape[3] <= 64 * 64
+
+
 class _FloatConv:
     """A conv in float32 with the dequantized weights (input image, or an input that is not uint8 codes).
 
@@ -215,11 +220,12 @@ class _FloatConv:
         else:
             if self.pad_channel:
                 x = torch.cat([x, torch.zeros_like(x)], dim=1)
-            # One image: oneDNN's NCHW conv is 2-3x faster than its NHWC one (ResNet-20: 0.03 against 0.07 ms),
-            # and NCHW is the layout a user hands Q, so Q computes these floats (at batch 1 the two layouts'
-            # results differ in the last bits; from 4 images on they agree). A batch: NHWC (5x faster at 32
-            # images). int_program.cpp (first_conv_layout) makes the same choice.
-            x = x.contiguous() if x.shape[0] == 1 else x.contiguous(memory_format=torch.channels_last)
+            # One small image: PyTorch's NCHW conv is 2-3x faster than oneDNN's NHWC one (ResNet-20 at 32x32:
+            # 0.03 against 0.07 ms), and NCHW is the layout a user hands Q, so Q computes these floats (at batch 1
+            # the two layouts' results differ in the last bits; from 4 images on they agree). A 224-px image or a
+            # batch: NHWC (2x faster at 224 px, 5x at 32 images of 32x32). int_program.cpp (first_conv_layout)
+            # makes the same choice.
+            x = x.contiguous() if _nchw_first_conv(x) else x.contiguous(memory_format=torch.channels_last)
         y = F.conv2d(x, self.weight, self.bias, *self.params)
         if self.bn_fma is not None and y.device.type == "cpu" and not use_custom_op(y):
             if self.pool is not None:  # pool first: BN is then applied to a quarter of the values (see _build)

@@ -203,10 +203,12 @@ struct IntProgram : torch::CustomClassHolder {
                                                                : codes.contiguous(at::MemoryFormat::ChannelsLast);
   }
 
-  // modules._FloatConv's layout for the image: NCHW for one image (oneDNN's NCHW path is 2-3x faster there and is
-  // the layout a user hands Q, so Q computes the same floats), channels_last for a batch (5x faster at 32 images).
+  // modules._FloatConv's layout for the image (modules._nchw_first_conv): NCHW for one image of at most 64x64
+  // pixels (2-3x faster there, and the layout a user hands Q), else channels_last (2x faster at 224 px, 5x at a
+  // batch of 32 small images).
   static at::Tensor first_conv_layout(const at::Tensor& x) {
-    return x.size(0) == 1 ? x.contiguous() : x.contiguous(at::MemoryFormat::ChannelsLast);
+    return x.size(0) == 1 && x.size(2) * x.size(3) <= 64 * 64 ? x.contiguous()
+                                                               : x.contiguous(at::MemoryFormat::ChannelsLast);
   }
 
   // modules._Head.__call__ on codes, written out as loops (its ten small ATen calls took 40 us at batch 1):
