@@ -514,10 +514,11 @@ class IntegerModel(nn.Module):
         self._check_input(x)
         # channels_last: the integer kernels take codes in it, and the float first conv is much faster in it
         # (oneDNN's NHWC path; same values as NCHW, which the tests check through the first layer's codes).
-        x = x.to(torch.float32).contiguous(memory_format=torch.channels_last)
+        x = x.to(torch.float32)
         if (self._program is not None and x.device.type == "cpu" and not use_custom_op(x)
                 and _backend.resolve("int_conv2d", x.device) == "cpp"):
-            return self._program.run(x)
+            return self._program.run(x)  # lays the image out for its first conv itself (first_conv_layout)
+        x = x.contiguous(memory_format=torch.channels_last)
         kernel = _public_int_conv2d if use_custom_op(x) else self.conv_kernel(x.device)
         regs: List[Optional[Tensor]] = [None] * self.num_registers
         regs[0] = x
