@@ -22,6 +22,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ._layout import is_dense
+
 def _acc(x: Tensor) -> Tensor:
     """Computation dtype: float32, except that float64 stays float64 (so gradcheck can test the formulas)."""
     return x if x.dtype == torch.float64 else x.float()
@@ -395,3 +397,36 @@ def int_conv2d_forward(
     if int_conv2d_output_channels_last(x):
         return out.contiguous(memory_format=torch.channels_last)
     return out.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Activation codes of the integer model's float layers (see adadfq_fast/ops/quantize_codes.py)
+# ----------------------------------------------------------------------------------------------------------
+def quantize_codes_forward(
+    y: Tensor,
+    scale: float,
+    zero: float,
+    bits: int,
+    relu: bool,
+    channel_mult: Optional[Tensor] = None,
+    channel_add: Optional[Tensor] = None,
+) -> Tensor:
+    """uint8 codes of float32 ``y``: [fma(y, channel_mult[c], channel_add[c])], [relu], ``s*y``, ``- zp``, round half
+    to even, clamp to ``[-2^(k-1), 2^(k-1) - 1]``, then the code ``q + zp``: the QuantAct's float32 steps.
+
+    The fma is computed in float64, where the product of two float32 values is exact, then rounded to float32:
+    that is the fma's single rounding except where the float64 sum itself rounds to a float32 halfway point
+    (double rounding), which no test has met. The level q fits int8; float -> int8 is a fast conversion (float ->
+    uint8 is not), and adding zp in uint8 arithmetic (mod 256) gives q + zp exactly, since the code lies in
+    [0, 255]. NaN gives q = 0 (code ``zp``) on x86, which the kernels reproduce."""
+    y = y if is_dense(y) else y.contiguous()
+    if channel_mult is not None:
+        shape = (1, -1) + (1,) * (y.dim() - 2)
+        y = (y.double() * channel_mult.double().reshape(shape) + channel_add.double().reshape(shape)).float()
+    else:
+        y = y.clone()  # the steps below work in place
+    if relu:
+        y = torch.relu_(y)
+    half = 2 ** (bits - 1)
+    q = y.mul_(scale).sub_(zero).round_().clamp_(-half, half - 1).to(torch.int8)
+    return q.view(torch.uint8).add_(int(zero))
