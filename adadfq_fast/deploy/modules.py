@@ -20,7 +20,6 @@ derived once in ``build()``, so the forward is a list of prepared calls without 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 

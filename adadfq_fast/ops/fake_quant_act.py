@@ -10,7 +10,6 @@ in-place update.
 """
 from __future__ import annotations
 
-from typing import Tuple
 
 import torch
 from torch import Tensor

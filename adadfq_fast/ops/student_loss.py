@@ -5,7 +5,6 @@ Forward returns ``row_stats = [H; lse((t - s) / T)]`` (float32 [2, B]) for the f
 """
 from __future__ import annotations
 
-from typing import Tuple
 
 import torch
 from torch import Tensor
