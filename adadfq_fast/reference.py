@@ -23,35 +23,18 @@ import torch
 from torch import Tensor
 
 from ._layout import is_dense
+# The quantizer's parameters and levels and the entropy of the margin: one home, shared with the library.
+from .quant_math import RANGE_EPS, normalized_entropy, quant_levels, quant_params, row_entropy, weight_range  # noqa: F401
+
 
 def _acc(x: Tensor) -> Tensor:
     """Computation dtype: float32, except that float64 stays float64 (so gradcheck can test the formulas)."""
     return x if x.dtype == torch.float64 else x.float()
 
 
-# Smallest range width; keeps the scale finite for constant tensors (spec: max(hi - lo, 1e-8)).
-RANGE_EPS = 1e-8
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Quantizer
 # ----------------------------------------------------------------------------------------------------------
-def quant_params(bits: int, lo: Tensor, hi: Tensor) -> Tuple[Tensor, Tensor]:
-    """Scale and zero point of the spec's asymmetric quantizer, in float32."""
-    lo = lo.float()
-    hi = hi.float()
-    # Written as the original's `n / clamp(...)` evaluates: Python's int / Tensor is Tensor.__rtruediv__, which
-    # PyTorch computes as reciprocal(...) * n (two roundings). The kernels follow this order exactly.
-    scale = torch.reciprocal(torch.clamp(hi - lo, min=RANGE_EPS)) * (2**bits - 1)
-    zero_point = torch.round(scale * lo) + 2 ** (bits - 1)
-    return scale, zero_point
-
-
-def quant_levels(x: Tensor, bits: int, scale: Tensor, zero_point: Tensor) -> Tensor:
-    """Integer levels q in [-2^(k-1), 2^(k-1)-1] (as float32), half-to-even rounding."""
-    return torch.clamp(torch.round(scale * x.float() - zero_point), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-
-
 def _broadcast_range(t: Tensor, x: Tensor, axis: Optional[int]) -> Tensor:
     if axis is None or t.dim() == 0:
         return t.reshape(())
@@ -83,12 +66,6 @@ class _StraightThrough(torch.autograd.Function):
 def fake_quant(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: Optional[int] = None) -> Tensor:
     """Spec quantizer with a given range; per tensor (0-d lo/hi) or per channel along ``axis``."""
     return _StraightThrough.apply(x, bits, lo.detach(), hi.detach(), axis)
-
-
-def weight_range(w: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-output-channel (dim 0) min and max, recomputed at every forward."""
-    flat = w.detach().float().reshape(w.shape[0], -1)
-    return flat.amin(dim=1), flat.amax(dim=1)
 
 
 def fake_quant_weight(w: Tensor, bits: int) -> Tensor:
@@ -143,18 +120,6 @@ def bn_stat_loss(feats: Sequence[Tensor], running_means: Sequence[Tensor], runni
 # ----------------------------------------------------------------------------------------------------------
 # AdaDFQ losses
 # ----------------------------------------------------------------------------------------------------------
-def row_entropy(logits: Tensor) -> Tensor:
-    """Entropy (natural log) of softmax over the last dim, per row."""
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
-
-
-def normalized_entropy(h: Tensor, num_classes: int) -> Tensor:
-    """H' = (H - min H) / (ln C - min H); the batch minimum is NOT detached (spec)."""
-    h_min = h.amin()
-    return (h - h_min) / (math.log(num_classes) - h_min)
-
-
 def adadfq_generator_loss(
     t: Tensor,
     s: Tensor,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _backend
+from ..quant_math import quant_levels
 from ..ops import int_conv2d, quantize_codes
 from ..ops._eager import use_custom_op
 
@@ -253,8 +254,7 @@ class _Act:
         cfg = layer.cfg
         self.inp, self.out = cfg["inp"], cfg["out"]
         self.act = cfg["act"]
-        bits = int(cfg["bits"])
-        self.half = 2 ** (bits - 1)
+        self.bits = int(cfg["bits"])
         self.scale = torch.tensor(cfg["scale"], dtype=torch.float32)
         self.zero = torch.tensor(cfg["zero"], dtype=torch.float32)
 
@@ -264,7 +264,7 @@ class _Act:
             y = torch.relu(y)
         elif self.act == "relu6":
             y = torch.clamp(y, 0.0, 6.0)
-        q = torch.clamp(torch.round(self.scale * y - self.zero), -self.half, self.half - 1)
+        q = quant_levels(y, self.bits, self.scale, self.zero)
         regs[self.out] = (q + self.zero) / self.scale
 
 
