@@ -22,34 +22,19 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ._layout import is_dense
+# The quantizer's parameters and levels and the entropy of the margin: one home, shared with the library.
+from .quant_math import RANGE_EPS, normalized_entropy, quant_levels, quant_params, row_entropy, weight_range  # noqa: F401
+
+
 def _acc(x: Tensor) -> Tensor:
     """Computation dtype: float32, except that float64 stays float64 (so gradcheck can test the formulas)."""
     return x if x.dtype == torch.float64 else x.float()
 
 
-# Smallest range width; keeps the scale finite for constant tensors (spec: max(hi - lo, 1e-8)).
-RANGE_EPS = 1e-8
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Quantizer
 # ----------------------------------------------------------------------------------------------------------
-def quant_params(bits: int, lo: Tensor, hi: Tensor) -> Tuple[Tensor, Tensor]:
-    """Scale and zero point of the spec's asymmetric quantizer, in float32."""
-    lo = lo.float()
-    hi = hi.float()
-    # Written as the original's `n / clamp(...)` evaluates: Python's int / Tensor is Tensor.__rtruediv__, which
-    # PyTorch computes as reciprocal(...) * n (two roundings). The kernels follow this order exactly.
-    scale = torch.reciprocal(torch.clamp(hi - lo, min=RANGE_EPS)) * (2**bits - 1)
-    zero_point = torch.round(scale * lo) + 2 ** (bits - 1)
-    return scale, zero_point
-
-
-def quant_levels(x: Tensor, bits: int, scale: Tensor, zero_point: Tensor) -> Tensor:
-    """Integer levels q in [-2^(k-1), 2^(k-1)-1] (as float32), half-to-even rounding."""
-    return torch.clamp(torch.round(scale * x.float() - zero_point), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-
-
 def _broadcast_range(t: Tensor, x: Tensor, axis: Optional[int]) -> Tensor:
     if axis is None or t.dim() == 0:
         return t.reshape(())
@@ -81,12 +66,6 @@ class _StraightThrough(torch.autograd.Function):
 def fake_quant(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: Optional[int] = None) -> Tensor:
     """Spec quantizer with a given range; per tensor (0-d lo/hi) or per channel along ``axis``."""
     return _StraightThrough.apply(x, bits, lo.detach(), hi.detach(), axis)
-
-
-def weight_range(w: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-output-channel (dim 0) min and max, recomputed at every forward."""
-    flat = w.detach().float().reshape(w.shape[0], -1)
-    return flat.amin(dim=1), flat.amax(dim=1)
 
 
 def fake_quant_weight(w: Tensor, bits: int) -> Tensor:
@@ -141,18 +120,6 @@ def bn_stat_loss(feats: Sequence[Tensor], running_means: Sequence[Tensor], runni
 # ----------------------------------------------------------------------------------------------------------
 # AdaDFQ losses
 # ----------------------------------------------------------------------------------------------------------
-def row_entropy(logits: Tensor) -> Tensor:
-    """Entropy (natural log) of softmax over the last dim, per row."""
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
-
-
-def normalized_entropy(h: Tensor, num_classes: int) -> Tensor:
-    """H' = (H - min H) / (ln C - min H); the batch minimum is NOT detached (spec)."""
-    h_min = h.amin()
-    return (h - h_min) / (math.log(num_classes) - h_min)
-
-
 def adadfq_generator_loss(
     t: Tensor,
     s: Tensor,
@@ -395,3 +362,36 @@ def int_conv2d_forward(
     if int_conv2d_output_channels_last(x):
         return out.contiguous(memory_format=torch.channels_last)
     return out.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Activation codes of the integer model's float layers (see adadfq_fast/ops/quantize_codes.py)
+# ----------------------------------------------------------------------------------------------------------
+def quantize_codes_forward(
+    y: Tensor,
+    scale: float,
+    zero: float,
+    bits: int,
+    relu: bool,
+    channel_mult: Optional[Tensor] = None,
+    channel_add: Optional[Tensor] = None,
+) -> Tensor:
+    """uint8 codes of float32 ``y``: [fma(y, channel_mult[c], channel_add[c])], [relu], ``s*y``, ``- zp``, round half
+    to even, clamp to ``[-2^(k-1), 2^(k-1) - 1]``, then the code ``q + zp``: the QuantAct's float32 steps.
+
+    The fma is computed in float64, where the product of two float32 values is exact, then rounded to float32:
+    that is the fma's single rounding except where the float64 sum itself rounds to a float32 halfway point
+    (double rounding), which no test has met. The level q fits int8; float -> int8 is a fast conversion (float ->
+    uint8 is not), and adding zp in uint8 arithmetic (mod 256) gives q + zp exactly, since the code lies in
+    [0, 255]. NaN gives q = 0 (code ``zp``) on x86, which the kernels reproduce."""
+    y = y if is_dense(y) else y.contiguous()
+    if channel_mult is not None:
+        shape = (1, -1) + (1,) * (y.dim() - 2)
+        y = (y.double() * channel_mult.double().reshape(shape) + channel_add.double().reshape(shape)).float()
+    else:
+        y = y.clone()  # the steps below work in place
+    if relu:
+        y = torch.relu_(y)
+    half = 2 ** (bits - 1)
+    q = y.mul_(scale).sub_(zero).round_().clamp_(-half, half - 1).to(torch.int8)
+    return q.view(torch.uint8).add_(int(zero))

@@ -29,22 +29,16 @@ import torch.nn.functional as F
 import adadfq_fast
 from adadfq_fast import _backend
 from adadfq_fast.bench.ops import cpu_name
+from adadfq_fast.bench.timer import time_samples
 from adadfq_fast.bench.shapes import INT_CONV_RESNET18 as RESNET18, INT_CONV_RESNET20 as RESNET20
 
 SETTINGS = {"resnet20": (RESNET20, (1, 256)), "resnet18": (RESNET18, (1, 64))}
 
 
-def _time_interleaved(fns: dict, repeats: int, clock) -> dict:
-    for fn in fns.values():  # warm-up: first calls pack weights / create oneDNN primitives
-        fn()
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = clock()
-            fn()
-            times[k].append((clock() - t0) * 1e3)
-    return {k: min(v) for k, v in times.items()}, {k: statistics.median(v) for k, v in times.items()}
+def _time_interleaved(fns: dict, repeats: int, clock) -> tuple:
+    """Minimum and median ms per variant (warm-up: first calls pack weights / create oneDNN primitives)."""
+    samples = time_samples(fns, repeats=repeats, warmup=2, clock=clock)
+    return {k: min(v) for k, v in samples.items()}, {k: statistics.median(v) for k, v in samples.items()}
 
 
 def _variants(n, c, h, o, k, s):

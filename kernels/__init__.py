@@ -9,6 +9,7 @@ from .fake_quant_act import fake_quant_act
 from .fake_quant_weight import fake_quant_weight
 from .generator_loss import generator_loss, generator_loss_backward
 from .int_conv2d import int_conv2d
+from .quantize_codes import quantize_codes
 from .student_loss import student_loss, student_loss_backward
 
 KERNELS = {
@@ -22,4 +23,5 @@ KERNELS = {
     "student_loss": student_loss,
     "student_loss_backward": student_loss_backward,
     "int_conv2d": int_conv2d,
+    "quantize_codes": quantize_codes,
 }

@@ -100,3 +100,25 @@ def test_cli_bench_ops_writes_json_and_markdown(tmp_path):
     assert {r["mode"] for r in data["records"]} == {"fwd", "fwd+bwd"}
     assert all(r["ms"] > 0 for r in data["records"])
     assert "| setting | op | mode |" in (tmp_path / "ops.md").read_text()
+
+
+def test_every_public_op_is_declared_with_its_kernels_signature():
+    """Each ``adadfq::<op>`` (and its fused backward) is declared from the schema of the kernel behind it
+    (``ops/native.SCHEMAS``), so every backend's kernel takes the public op's arguments as they are."""
+    import adadfq_fast.ops  # noqa: F401  (declares the public ops)
+    from adadfq_fast.ops.native import SCHEMAS
+
+    public = {"fake_quant": "fake_quant", "fake_quant_weight": "fake_quant_weight",
+              "fake_quant_act": "fake_quant_act", "bn_stat_loss": "bn_stat_loss",
+              "bn_stat_loss_backward": "bn_stat_loss_backward", "adadfq_generator_loss": "generator_loss",
+              "adadfq_generator_loss_backward": "generator_loss_backward", "adadfq_student_loss": "student_loss",
+              "adadfq_student_loss_backward": "student_loss_backward", "int_conv2d": "int_conv2d",
+              "quantize_codes": "quantize_codes"}
+    assert sorted(public.values()) == sorted(SCHEMAS)
+
+    def signature(schema):
+        return ([(a.name, str(a.type), a.default_value) for a in schema.arguments], [str(r.type) for r in schema.returns])
+
+    for op, kernel in public.items():
+        got = signature(getattr(torch.ops.adadfq, op).default._schema)
+        assert got == signature(getattr(torch.ops.adadfq_native, kernel).default._schema), op

@@ -12,8 +12,7 @@ from adadfq_fast import _backend
 from adadfq_fast import reference as ref
 
 # Backends that implement the kernel on CPU tensors here (the cpp kernel may be absent from an older build).
-INT_BACKENDS = [b for b in ("reference", "cpp") if b in _backend._KERNELS.get("int_conv2d", {})
-                and _backend.why_unavailable(b, "cpu") is None]
+INT_BACKENDS = [b for b in _backend.implementations("int_conv2d", "cpu") if b in ("reference", "cpp")]
 
 
 @pytest.fixture(params=INT_BACKENDS)

@@ -1,23 +1,26 @@
-"""The C++ one-pass codes kernel of the integer model's float layers (csrc/cpu/quantize_codes.cpp) against the
-PyTorch steps it replaces (deploy.modules: relu, s*y, - zp, round, clamp, + zp): equal byte for byte."""
+"""``adadfq::quantize_codes`` (the one-pass codes of the integer model's float layers): the C++ kernel
+(csrc/cpu/quantize_codes.cpp) against the PyTorch steps it replaces (``reference.quantize_codes_forward``: relu,
+s*y, - zp, round, clamp, + zp), equal byte for byte; and the public op's checks, tracing and backend selection."""
 import math
 
 import pytest
 import torch
 
-from adadfq_fast.deploy.modules import _fused_codes_kernel, quantize_codes_steps
-from adadfq_fast.ops.native import has_native_kernel, native_op
+import adadfq_fast
+from adadfq_fast import _backend
+from adadfq_fast import reference as ref
 
-pytestmark = pytest.mark.skipif(not has_native_kernel("quantize_codes", "CPU"),
+pytestmark = pytest.mark.skipif("cpp" not in _backend.implementations("quantize_codes", "cpu"),
                                 reason="the C++ CPU library is not built")
 
 
-def _torch_codes(y, scale, zero, bits, relu):
-    return quantize_codes_steps(y.clone(), scale, zero, bits, relu)  # (the steps work in place)
+def _torch_codes(y, scale, zero, bits, relu, *affine):
+    return ref.quantize_codes_forward(y, scale, zero, bits, relu, *affine)
 
 
 def _codes(*args):
-    return native_op("quantize_codes")(*args)
+    """The C++ kernel itself (its own argument checks raise RuntimeError)."""
+    return _backend.backend_kernel("quantize_codes", "cpp")(*args)
 
 
 def _input(shape, scale, seed):
@@ -87,18 +90,72 @@ def test_empty_and_errors():
         _codes(torch.zeros(2), 1.0, 8.5, 4, True)
 
 
-def test_deploy_uses_it_on_cpu_in_eager_only():
-    y = torch.zeros(2, 3)
-    assert _fused_codes_kernel(y) is native_op("quantize_codes")
-    with torch._subclasses.fake_tensor.FakeTensorMode():  # a dispatch mode: the PyTorch steps instead
-        assert _fused_codes_kernel(torch.zeros(2, 3)) is None
-
-
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
 def test_opcheck(layout):
     y = _input((2, 3, 5, 7), 2.0, seed=3)
     y = {"contiguous": y, "channels_last": y.contiguous(memory_format=torch.channels_last), "sliced": y[:, ::2]}[layout]
-    torch.library.opcheck(torch.ops.adadfq_native.quantize_codes.default, (y, 2.0, 8.0, 4, True))
+    torch.library.opcheck(torch.ops.adadfq.quantize_codes.default, (y, 2.0, 8.0, 4, True))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("affine", [False, True])
+def test_public_op_per_backend(backend, affine):
+    g = torch.Generator().manual_seed(7)
+    y = _input((3, 6, 7, 9), 2.5, seed=7).contiguous(memory_format=torch.channels_last)
+    extra = (torch.randn(6, generator=g) * 2, torch.randn(6, generator=g)) if affine else ()
+    with adadfq_fast.use_backend(backend):
+        got = adadfq_fast.quantize_codes(y, 2.5, 8.0, 4, True, *extra)
+    assert got.stride() == y.stride()
+    torch.testing.assert_close(got, _codes(y, 2.5, 8.0, 4, True, *extra), rtol=0, atol=0)
+
+
+def _native_calls(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name == "adadfq_native::quantize_codes")
+
+
+def test_use_backend_reaches_it():
+    y = torch.randn(2, 3, 4, 4)
+
+    def run():
+        adadfq_fast.quantize_codes(y, 2.0, 8.0, 4, True)
+
+    with adadfq_fast.use_backend("cpp"):
+        assert _native_calls(run) == 1
+    with adadfq_fast.use_backend("reference"):
+        assert _native_calls(run) == 0
+    with adadfq_fast.use_backend("auto"):
+        assert _backend.describe("quantize_codes", y.device) == "cpp" and _native_calls(run) == 1
+    with adadfq_fast.use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' cannot run quantize_codes"):
+        run()
+
+
+def test_traced_and_compiled():
+    y = _input((2, 4, 6, 6), 2.0, seed=9)
+
+    def f(y):
+        return adadfq_fast.quantize_codes(y * 1.0, 2.0, 8.0, 4, True, torch.full((4,), 1.5), torch.zeros(4))
+
+    want = f(y)
+    torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="aot_eager")(y), want, rtol=0, atol=0)
+
+
+def test_public_op_errors():
+    y = torch.zeros(2, 3, 4, 4)
+    with pytest.raises(TypeError, match="y: expected float32"):
+        adadfq_fast.quantize_codes(y.half(), 1.0, 8.0, 4)
+    with pytest.raises(ValueError, match="bits"):
+        adadfq_fast.quantize_codes(y, 1.0, 8.0, 9)
+    with pytest.raises(ValueError, match="scale: expected a finite positive"):
+        adadfq_fast.quantize_codes(y, -1.0, 8.0, 4)
+    with pytest.raises(ValueError, match="zero: expected an integer zero point"):
+        adadfq_fast.quantize_codes(y, 1.0, 2.0, 4)
+    with pytest.raises(ValueError, match="give both or neither"):
+        adadfq_fast.quantize_codes(y, 1.0, 8.0, 4, True, torch.ones(3))
+    with pytest.raises(ValueError, match=r"channel_add: expected float32 \[3\]"):
+        adadfq_fast.quantize_codes(y, 1.0, 8.0, 4, True, torch.ones(3), torch.ones(4))
+    assert adadfq_fast.quantize_codes(torch.empty(0, 3, 2, 2), 1.0, 8.0, 4).shape == (0, 3, 2, 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,6 +178,7 @@ def test_affine_is_one_fma_then_the_steps(channels, layout, relu):
     mult, add = torch.randn(channels, generator=g) * 3, torch.randn(channels, generator=g)
     got = _codes(y, 2.5, 8.0, 4, relu, mult, add)
     torch.testing.assert_close(got, _torch_codes(_fma_emulated(y, mult, add), 2.5, 8.0, 4, relu), rtol=0, atol=0)
+    torch.testing.assert_close(got, _torch_codes(y, 2.5, 8.0, 4, relu, mult, add), rtol=0, atol=0)
     assert got.stride() == y.stride()
 
 
@@ -173,7 +231,7 @@ def test_opcheck_affine(layout):
     y = _input((2, 3, 5, 7), 2.0, seed=4)
     if layout == "channels_last":
         y = y.contiguous(memory_format=torch.channels_last)
-    torch.library.opcheck(torch.ops.adadfq_native.quantize_codes.default,
+    torch.library.opcheck(torch.ops.adadfq.quantize_codes.default,
                           (y, 2.0, 8.0, 4, True, torch.rand(3) + 0.5, torch.randn(3)))
 
 
@@ -209,5 +267,5 @@ def test_bn_moves_after_the_fused_max_pool_only_when_monotone(negative_scale):
     y = torch.nn.functional.conv2d(x, run.weight, None, 1, 1)
     y = torch.nn.functional.batch_norm(y, *run.bn)
     y = torch.nn.functional.max_pool2d(y, *run.pool)
-    want = quantize_codes_steps(y, 3.0, 8.0, 4, True)
+    want = _torch_codes(y, 3.0, 8.0, 4, True)
     assert torch.equal(regs[1], want)

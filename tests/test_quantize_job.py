@@ -122,7 +122,7 @@ def test_shipped_teacher_accuracy_on_real_test_set():
 
 
 def test_best_q_is_a_q_checkpoint_and_eval_reads_both_forms(tiny_fmnist, tmp_path, capsys):
-    from adadfq_fast.cli_train import eval_main
+    from adadfq_fast.cli.evaluate import main as eval_main
     from adadfq_fast.nn import is_q_checkpoint
     from test_trainer import _trainer
 

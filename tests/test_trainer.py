@@ -106,7 +106,7 @@ def test_cli_train_with_synthetic_eval_times_a_whole_run(tmp_path, capsys):
     times the 400 x 200 CIFAR run), with the wall time and the evaluations' share in summary.json."""
     import json
 
-    from adadfq_fast.cli_train import train_main
+    from adadfq_fast.cli.train import main as train_main
 
     assert train_main(["--config", "cifar10_resnet20_w4a4", "--random-teacher", "--synthetic-eval", "40",
                        "--no-progress", "epochs=2", "iters_per_epoch=2", "warmup_epochs=1",

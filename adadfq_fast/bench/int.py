@@ -132,24 +132,16 @@ def build_ao_int8(fp: nn.Module, example: torch.Tensor, calib_batches: int = 2) 
 # Integer model profile
 # ---------------------------------------------------------------------------------------------------------------
 def profile_layers(model, x: torch.Tensor, repeats: int = 5) -> List[Dict]:
-    """Median ms per layer of the integer model's forward (its prepared layer calls, timed one by one)."""
+    """Median ms per layer of the integer model's forward (its prepared layer calls, timed one by one, in order)."""
     kernel = model.conv_kernel(x.device)
-    x = x.contiguous(memory_format=torch.channels_last)  # as IntegerModel.forward hands it to the first layer
-    samples = [[] for _ in model.layers]
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # a GPU layer is timed to its last kernel
-    with torch.no_grad():
-        for it in range(repeats + 1):
-            regs = [None] * model.num_registers
-            regs[0] = x
-            for i, run in enumerate(model._runners):
-                sync()
-                t0 = time.perf_counter()
-                run(regs, kernel)
-                sync()
-                if it:
-                    samples[i].append((time.perf_counter() - t0) * 1e3)
+    regs = [None] * model.num_registers
+    regs[0] = x.contiguous(memory_format=torch.channels_last)  # as IntegerModel.forward hands it to the first layer
+    # One round is one forward: each layer reads what the layers before it wrote in this round.
+    layers = {i: (lambda run=run: run(regs, kernel)) for i, run in enumerate(model._runners)}
+    with torch.no_grad():  # a GPU layer is timed to its last kernel (the timer drains the queue after each call)
+        ms = time_variants(layers, device=x.device.type, repeats=repeats, min_seconds=0.0, warmup=1)
     lines = model.summary()
-    return [{"layer": lines[i].strip(), "ms": sorted(s)[len(s) // 2]} for i, s in enumerate(samples)]
+    return [{"layer": lines[i].strip(), "ms": ms[i]} for i in range(len(lines))]
 
 
 # ---------------------------------------------------------------------------------------------------------------

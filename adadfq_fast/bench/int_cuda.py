@@ -4,7 +4,6 @@ and the CPU benchmark."""
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -18,28 +17,6 @@ from .timer import time_variants
 # GPU: integer (eager, CUDA graph) vs float16 channels_last (eager, torch.compile)
 # ---------------------------------------------------------------------------------------------------------------
 CUDA_MODELS = ("resnet20_cifar", "resnet18_imagenet")
-
-
-def time_variants_cuda(fns: Dict[str, Callable[[], object]], repeats: int = 30, warmup: int = 3) -> Dict[str, float]:
-    """Median ms per call on the GPU: CUDA events around each call, rounds interleaved over the variants.
-
-    The events measure from when the GPU reaches the start event to when it finishes the call's last kernel, with
-    the queue drained before each call, so a launch-bound call (batch 1, eager) counts its launch gaps."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    torch.cuda.synchronize()
-    samples: Dict[str, list] = {k: [] for k in fns}
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples[name].append(start.elapsed_time(end))
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def triton_tiles() -> List[Dict]:
@@ -123,7 +100,8 @@ def run_bench_cuda(names: Sequence[str], repeats: int, batch_override: Optional[
                 if progress:
                     print(f"[{name}] batch {batch}: timing {', '.join(fns)} ...", flush=True)
                 n = repeats if batch == 1 else max(3, repeats // 2)
-                times = time_variants_cuda(fns, repeats=n) if on_gpu else time_variants(fns, repeats=n, min_seconds=0)
+                times = time_variants(fns, device="cuda" if on_gpu else "cpu", repeats=n, min_seconds=0,
+                                      cuda_events=on_gpu)
             rec = {"model": name, "zoo": zoo, "input": [cin, *size], "batch": batch, "device": device, "ms": times,
                    "images_per_s": {k: 1000.0 * batch / v for k, v in times.items()},
                    "integer_vs_fp16": times["fp16_channels_last"] / times["integer"],

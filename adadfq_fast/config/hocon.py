@@ -17,10 +17,12 @@ they are plainly the intended values, so they are mapped.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Dict, Mapping, Tuple
 
-from .schema import AdaDFQConfig, ConfigError
+from .preset_files import preset_values
+from .schema import AdaDFQConfig, ConfigError, from_mapping
 
 __all__ = ["HoconIgnoredKeyWarning", "HOCON_KEYS", "hocon_to_settings", "from_hocon"]
 
@@ -120,8 +122,6 @@ def hocon_to_settings(raw: Mapping[str, Any], source: str = "hocon") -> Tuple[st
     qw, qa = raw.get("qw", 3), raw.get("qa", 3)
     base = f"{stem}_w{qw}a{qa}" if qw == qa and qw in (3, 4, 5) else f"{stem}_w3a3"
 
-    from .loader import preset_values
-
     base_values = preset_values(base)
     epochs = raw.get("nEpochs", base_values["epochs"])
     settings: Dict[str, Any] = {}
@@ -163,15 +163,10 @@ def from_hocon(path: str) -> AdaDFQConfig:
         raise ImportError(
             "reading .hocon configs needs pyhocon: pip install pyhocon (or adadfq_fast[hocon])"
         ) from None
-    import os
-
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
     tree = ConfigFactory.parse_file(path)
     base, settings = hocon_to_settings(tree, source=os.path.basename(path))
-    from .loader import preset_values
-    from .schema import from_mapping
-
     try:
         return from_mapping(settings, base=from_mapping(preset_values(base)))
     except ConfigError as e:

@@ -1,49 +1,18 @@
-"""Presets and ``load_config``.
-
-Presets live in ``presets/<dataset>_<network>.toml`` (shipped with the package): a ``[common]`` table plus one
-table per bit setting (``[w3a3]``, ``[w4a4]``, ``[w5a5]``); the preset ``<stem>_<table>`` is ``[common]``
-updated with that table. Every value carries a comment saying where it comes from.
-"""
+"""``load_config`` (presets, .toml, the authors' .hocon), overrides, saving."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
-from importlib import resources
-from typing import Any, Dict, Iterable, List, Mapping, Union
+from typing import Any, Dict, Iterable, Mapping, Union
 
-from .schema import AdaDFQConfig, ConfigError, field_types, from_mapping, parse_value
+from .hocon import from_hocon
+from .preset_files import list_presets, preset_values
+from .schema import AdaDFQConfig, ConfigError, _type_name, field_types, from_mapping, parse_value, to_toml
 
 __all__ = ["list_presets", "preset_values", "load_config", "apply_overrides", "save_config"]
 
 _HOCON_SUFFIXES = (".hocon", ".conf")
-
-
-def _preset_files() -> Dict[str, Any]:
-    folder = resources.files(__package__) / "presets"
-    return {p.name[: -len(".toml")]: p for p in folder.iterdir() if p.name.endswith(".toml")}
-
-
-def _read_preset_file(stem: str) -> Dict[str, Dict[str, Any]]:
-    return tomllib.loads(_preset_files()[stem].read_text(encoding="utf-8"))
-
-
-def list_presets() -> List[str]:
-    """Every preset name, e.g. ``cifar10_resnet20_w3a3`` ... ``imagenet_resnet50_w5a5``."""
-    names = []
-    for stem in _preset_files():
-        names += [f"{stem}_{table}" for table in _read_preset_file(stem) if table != "common"]
-    return sorted(names)
-
-
-def preset_values(name: str) -> Dict[str, Any]:
-    """The raw settings of preset ``name`` ([common] updated with its bit table; ``name`` set to the preset's)."""
-    stem, _, table = name.rpartition("_")
-    files = _preset_files()
-    data = _read_preset_file(stem) if stem in files else {}
-    if not table or table == "common" or table not in data:
-        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
-    values = {"name": name, **data.get("common", {}), **data[table]}
-    return values
 
 
 def apply_overrides(
@@ -108,8 +77,6 @@ def load_config(
         text = os.fspath(source)
         lower = text.lower()
         if lower.endswith(_HOCON_SUFFIXES):
-            from .hocon import from_hocon
-
             cfg = from_hocon(text)
         elif lower.endswith(".toml") or os.path.sep in text or os.path.exists(text):
             if not os.path.isfile(text):
@@ -122,18 +89,12 @@ def load_config(
 
 def save_config(cfg: AdaDFQConfig, path: Union[str, os.PathLike]) -> None:
     """Write every setting as flat TOML (``load_config(path)`` reads it back to an equal config)."""
-    from .schema import to_toml
-
     with open(path, "w", encoding="utf-8") as f:
         f.write(to_toml(cfg))
 
 
 def describe() -> str:
     """One line per setting: name, type and help (for ``--help`` texts)."""
-    import dataclasses
-
-    from .schema import _type_name
-
     types = field_types()
     return "\n".join(
         f"{f.name} ({_type_name(types[f.name])}): {f.metadata.get('help', '')}" for f in dataclasses.fields(AdaDFQConfig)

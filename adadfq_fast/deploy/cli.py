@@ -1,4 +1,4 @@
-"""``adadfq-fast export`` and ``adadfq-fast infer`` (dispatched from ``adadfq_fast/cli.py``).
+"""``adadfq-fast export`` and ``adadfq-fast infer`` (commands of the table in ``adadfq_fast/cli/__init__.py``).
 
   adadfq-fast export CHECKPOINT --out FILE.adq       a Q checkpoint (save_q_checkpoint) -> integer model file
   adadfq-fast infer FILE.adq [--dataset fashion-mnist] [--data-root DIR] [--batch-size 256] [--compare CKPT]

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import reference as ref
+from .. import quant_math
 from ..nn.modules import QuantAct, QuantConv2d, QuantLinear, QuantReLU
 from ..nn.quantize import act_quantizers
 from .modules import IntegerModel, Layer
@@ -67,14 +67,14 @@ class _Value:
 def quantize_weight(w: torch.Tensor, bits: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The spec's per-output-channel weight quantizer as integers: ``(q_w int8, z_w int32, s_w float32)``.
 
-    Same float32 expressions as ``fake_quant_weight`` (``adadfq_fast.reference``), so ``(q_w + z_w) / s_w`` is
+    Same float32 expressions as ``fake_quant_weight`` (``adadfq_fast.quant_math``), so ``(q_w + z_w) / s_w`` is
     the fake-quant weight bit for bit.
     """
     w = w.detach().float().cpu()
-    lo, hi = ref.weight_range(w)
-    scale, zero = ref.quant_params(bits, lo, hi)
+    lo, hi = quant_math.weight_range(w)
+    scale, zero = quant_math.quant_params(bits, lo, hi)
     shape = (-1,) + (1,) * (w.dim() - 1)
-    q = ref.quant_levels(w, bits, scale.reshape(shape), zero.reshape(shape))
+    q = quant_math.quant_levels(w, bits, scale.reshape(shape), zero.reshape(shape))
     if not torch.isfinite(scale).all():
         raise ValueError("weights with a non-finite range cannot be exported (NaN/inf in a weight tensor?)")
     if zero.abs().max() > _INT32_MAX:
@@ -85,7 +85,7 @@ def quantize_weight(w: torch.Tensor, bits: int) -> Tuple[torch.Tensor, torch.Ten
 
 def _act_params(quant: QuantAct) -> Tuple[int, float, float]:
     """(bits, scale, zero point) of a frozen QuantAct, float32 values as the fake-quant computes them."""
-    scale, zero = ref.quant_params(quant.abits, quant.state[0].detach().cpu(), quant.state[1].detach().cpu())
+    scale, zero = quant_math.quant_params(quant.abits, quant.state[0].detach().cpu(), quant.state[1].detach().cpu())
     return quant.abits, float(scale), float(zero)
 
 

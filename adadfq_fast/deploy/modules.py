@@ -20,7 +20,6 @@ derived once in ``build()``, so the forward is a list of prepared calls without 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -29,9 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _backend
-from ..ops import int_conv2d
+from ..quant_math import quant_levels
+from ..ops import int_conv2d, quantize_codes
 from ..ops._eager import use_custom_op
-from ..ops.native import has_native_kernel, native_op
 
 LAYER_KINDS = ("conv", "maxpool", "act", "head")
 
@@ -71,20 +70,6 @@ def bn_affine(layer: Layer):
 _EMPTY = torch.empty(0)  # unused statistics outputs of the in-place eval batch norm
 
 
-def quantize_codes_steps(y: Tensor, scale: float, zero: float, bits: int, relu: bool) -> Tensor:
-    """The QuantAct's float32 steps as PyTorch ops, in place on ``y``: optional ReLU, ``s*y``, ``- zp``, round half
-    to even, clamp to ``[-2^(k-1), 2^(k-1) - 1]``, then the uint8 code ``q + zp``. The one-pass kernels
-    (:func:`_fused_codes_kernel`) have this signature and must give these bytes.
-
-    The level q fits int8; float -> int8 is a fast conversion (float -> uint8 is not), and adding zp in uint8
-    arithmetic (mod 256) gives q + zp exactly, since the code lies in [0, 255]."""
-    if relu:
-        y = torch.relu_(y)
-    half = 2 ** (bits - 1)
-    q = y.mul_(scale).sub_(zero).round_().clamp_(-half, half - 1).to(torch.int8)
-    return q.view(torch.uint8).add_(int(zero))
-
-
 class _IntConv:
     """A conv run by the fused integer kernel."""
 
@@ -110,22 +95,6 @@ class _IntConv:
         res = None if self.res is None else regs[self.res]
         regs[self.out] = kernel(regs[self.inp], self.weight, self.zero, *self.params, self.mult, self.bias, res,
                                 self.res_scale, *self.tail)
-
-
-def _fused_codes_kernel(y: Tensor) -> Optional[Callable]:
-    """The one-pass codes kernel for ``y``, ``(y, scale, zero, bits, relu) -> codes``: the C++ kernel on CPU, the
-    Triton kernel on CUDA, or None (the PyTorch steps) where neither is loaded or while tracing (neither is a
-    traceable op). Both are byte-identical to the PyTorch steps (tests/test_quantize_codes.py,
-    tests/test_triton_quantize_codes.py)."""
-    if use_custom_op(y):
-        return None
-    if y.device.type == "cpu":
-        return native_op("quantize_codes") if has_native_kernel("quantize_codes", "CPU") else None
-    if not y.is_cuda or _backend.why_unavailable("triton", "cuda") is not None:
-        return None
-    from adadfq_fast.kernels.quantize_codes import quantize_codes
-
-    return quantize_codes
 
 
 def _bn_as_fma(bn, channels: int) -> Optional[tuple]:
@@ -161,7 +130,8 @@ def _bn_fold(run: "_FloatConv") -> Optional[tuple]:
     called), BN moves after the pool, which needs a non-decreasing map per channel (alpha >= 0): then
     max(fma(y_i)) == fma(max(y_i)) exactly, the codes do not change, and BN reads the pooled quarter instead of a
     separate pass over the whole map (ResNet-18's 112x112x64 stem output)."""
-    if run.bn is None or run.res is not None or not run.out_bits or not has_native_kernel("quantize_codes", "CPU"):
+    if (run.bn is None or run.res is not None or not run.out_bits
+            or "cpp" not in _backend.implementations("quantize_codes", "cpu")):
         return None
     fma = _bn_as_fma(run.bn, run.weight.shape[0])
     if fma is None or (run.pool is not None and not bool((fma[0] >= 0).all())):
@@ -227,11 +197,10 @@ class _FloatConv:
             # makes the same choice.
             x = x.contiguous() if _nchw_first_conv(x) else x.contiguous(memory_format=torch.channels_last)
         y = F.conv2d(x, self.weight, self.bias, *self.params)
-        if self.bn_fma is not None and y.device.type == "cpu" and not use_custom_op(y):
+        if self.bn_fma is not None and y.device.type == "cpu":
             if self.pool is not None:  # pool first: BN is then applied to a quarter of the values (see _build)
                 y = F.max_pool2d(y, *self.pool)
-            regs[self.out] = native_op("quantize_codes")(y, self.scale, self.zero, self.out_bits, self.relu,
-                                                         *self.bn_fma)
+            regs[self.out] = quantize_codes(y, self.scale, self.zero, self.out_bits, self.relu, *self.bn_fma)
             return
         if self.bn is not None:
             if y.device.type == "cpu":
@@ -250,8 +219,8 @@ class _FloatConv:
         if self.out_bits == 0:
             regs[self.out] = torch.relu_(y) if self.relu else y
             return
-        # ReLU + the QuantAct's steps: one pass where a kernel serves y (bit-identical), else the PyTorch steps.
-        codes = (_fused_codes_kernel(y) or quantize_codes_steps)(y, self.scale, self.zero, self.out_bits, self.relu)
+        # ReLU + the QuantAct's steps: one pass in the C++ (CPU) or Triton (CUDA) kernel, else the PyTorch steps.
+        codes = quantize_codes(y, self.scale, self.zero, self.out_bits, self.relu)
         regs[self.out] = codes if codes.is_contiguous(memory_format=torch.channels_last) else \
             codes.contiguous(memory_format=torch.channels_last)
 
@@ -297,8 +266,7 @@ class _Act:
         cfg = layer.cfg
         self.inp, self.out = cfg["inp"], cfg["out"]
         self.act = cfg["act"]
-        bits = int(cfg["bits"])
-        self.half = 2 ** (bits - 1)
+        self.bits = int(cfg["bits"])
         self.scale = torch.tensor(cfg["scale"], dtype=torch.float32)
         self.zero = torch.tensor(cfg["zero"], dtype=torch.float32)
 
@@ -308,7 +276,7 @@ class _Act:
             y = torch.relu(y)
         elif self.act == "relu6":
             y = torch.clamp(y, 0.0, 6.0)
-        q = torch.clamp(torch.round(self.scale * y - self.zero), -self.half, self.half - 1)
+        q = quant_levels(y, self.bits, self.scale, self.zero)
         regs[self.out] = (q + self.zero) / self.scale
 
 
@@ -377,7 +345,7 @@ def _public_int_conv2d(x, weight, weight_zero, stride, padding, dilation, groups
 def _native_program_class():
     """``torch.classes.adadfq_native.IntProgram`` (csrc/cpu/int_program.cpp), or None where the C++ library (or a
     build of it with the class) is not loaded."""
-    if not has_native_kernel("int_conv2d", "CPU"):
+    if "cpp" not in _backend.implementations("int_conv2d", "cpu"):
         return None
     try:
         return torch.classes.adadfq_native.IntProgram

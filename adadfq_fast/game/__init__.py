@@ -1,5 +1,5 @@
 """The AdaDFQ game: generators, BN-statistics capture (and, later, objectives, schedules and the trainer)."""
-from .bn_capture import BNCapture, bn_layers
+from .bn_capture import BNCapture
 from .generators import (
     GENERATOR_KINDS,
     CategoricalConditionalBatchNorm2d,
@@ -10,7 +10,6 @@ from .generators import (
 
 __all__ = [
     "BNCapture",
-    "bn_layers",
     "GENERATOR_KINDS",
     "CategoricalConditionalBatchNorm2d",
     "CifarGenerator",

@@ -33,14 +33,10 @@ from typing import Iterator, List, Tuple, Type
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..models.layers import bn_layers
 from ..ops import bn_stat_loss
 
-__all__ = ["BNCapture", "bn_layers"]
-
-
-def bn_layers(model: nn.Module, types: Tuple[Type[nn.Module], ...] = (_BatchNorm,)) -> List[nn.Module]:
-    """The BatchNorm layers of ``model`` that track running statistics, in registration order."""
-    return [m for m in model.modules() if isinstance(m, types) and getattr(m, "running_mean", None) is not None]
+__all__ = ["BNCapture"]
 
 
 class BNCapture:
@@ -51,7 +47,8 @@ class BNCapture:
     """
 
     def __init__(self, model: nn.Module, types: Tuple[Type[nn.Module], ...] = (_BatchNorm,)):
-        self.modules: List[nn.Module] = bn_layers(model, types)
+        # Registration order: the hooks record in firing order, so no tracing forward is needed.
+        self.modules: List[nn.Module] = bn_layers(model, trace=False, types=types)
         if not self.modules:
             raise ValueError(f"{type(model).__name__} has no BatchNorm layers with running statistics to capture")
         self._inputs: List[Tensor] = []

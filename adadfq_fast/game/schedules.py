@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 import adadfq_fast
-from adadfq_fast import reference as ref
+from adadfq_fast.quant_math import normalized_entropy
 
 from .bn_capture import BNCapture
 
@@ -117,7 +117,7 @@ class GameStep:
         margin, bal, h = adadfq_fast.adadfq_generator_loss_with_entropy(
             t, s, y, w.lambda_l, w.lambda_u, w.alpha_ds, w.alpha_as)
         loss = margin + w.beta_l_bal * bal + w.gamma_bns * l_bns
-        h_norm = ref.normalized_entropy(h.detach(), t.shape[1])
+        h_norm = normalized_entropy(h.detach(), t.shape[1])
         return dict(loss_g=loss, l_margin=margin, l_bal=bal, l_bns=l_bns, h_norm=h_norm)
 
     def _student_objective(self, t: Tensor, s: Tensor, y: Tensor) -> Tensor:

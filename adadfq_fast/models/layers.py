@@ -21,8 +21,9 @@ def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor | None:
     return torch.zeros(batch, first_conv.in_channels, *in_size, device=p.device, dtype=p.dtype)
 
 
-def bn_layers(model: nn.Module, example: torch.Tensor | None = None, trace: bool = True) -> list[nn.BatchNorm2d]:
-    """The model's BatchNorm2d modules in the order the forward pass runs them (the layers of L_BNS).
+def bn_layers(model: nn.Module, example: torch.Tensor | None = None, trace: bool = True,
+              types: tuple[type[nn.Module], ...] = (nn.BatchNorm2d,)) -> list[nn.Module]:
+    """The model's BatchNorm2d modules (``types``) in the order the forward pass runs them (the layers of L_BNS).
 
     Registration order (``model.modules()``) is not always forward order: pytorchcv's ResNet units register the
     shortcut after the body but run it first. So, when ``trace`` is true and an input is known (``example``, else
@@ -30,17 +31,18 @@ def bn_layers(model: nn.Module, example: torch.Tensor | None = None, trace: bool
     and running statistics are left as they were. BatchNorms that this forward never reaches are left out.
     Without an input, or with ``trace=False``, registration order is returned; for ``CIFARResNet`` the two
     orders are equal. Tracing runs the model once, so pass ``trace=False`` for a model whose forward has side
-    effects (e.g. a quantized copy whose activation ranges are still being updated).
+    effects (e.g. a quantized copy whose activation ranges are still being updated; ``game.BNCapture``, which
+    pairs inputs with layers as the hooks fire, needs no order either).
     """
     # Layers without running statistics (track_running_stats=False) have nothing for L_BNS to match.
-    registered = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
+    registered = [m for m in model.modules() if isinstance(m, types) and getattr(m, "running_mean", None) is not None]
     if not trace or not registered:
         return registered
     if example is None:
         example = example_input(model)
         if example is None:
             return registered
-    order: list[nn.BatchNorm2d] = []
+    order: list[nn.Module] = []
     seen: set[int] = set()
 
     def record(module, _inputs):

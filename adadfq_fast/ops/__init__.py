@@ -6,6 +6,7 @@ from .fake_quant_act import fake_quant_act, new_act_state
 from .fake_quant_weight import fake_quant_weight
 from .generator_loss import adadfq_generator_loss, adadfq_generator_loss_with_entropy
 from .int_conv2d import int_conv2d
+from .quantize_codes import quantize_codes
 from .student_loss import adadfq_student_loss
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "adadfq_generator_loss_with_entropy",
     "adadfq_student_loss",
     "int_conv2d",
+    "quantize_codes",
 ]

@@ -8,6 +8,7 @@ a host synchronisation.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional, Sequence
 
@@ -30,6 +31,19 @@ def check_float(name: str, t: Tensor) -> None:
 def check_bits(bits: int) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"bits: expected an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+
+
+def check_codes_quantizer(scale_name: str, scale: float, zero_name: str, zero: float, bits: int) -> None:
+    """A requantization to uint8 codes ``q + zero``: a finite positive scale, and an integer zero point that puts
+    every level q in [-2^(bits-1), 2^(bits-1) - 1] inside [0, 255]."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"{scale_name}: expected a finite positive scale, got {scale}")
+    half = 2 ** (bits - 1)
+    if zero != math.floor(zero) or zero - half < 0 or zero + half - 1 > 255:
+        raise ValueError(
+            f"{zero_name}: expected an integer zero point whose codes q + {zero_name} (q in [{-half}, {half - 1}]) "
+            f"lie in [0, 255], got {zero}"
+        )
 
 
 def check_same_device(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:

@@ -9,9 +9,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .. import _backend
 from . import _checks
-from ._eager import call
+from ._eager import FusedOp, straight_through
 
 
 def _check(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int) -> None:
@@ -44,32 +43,13 @@ def _prepare(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int):
     return _checks.dense(x), bits, lo.reshape(-1).contiguous(), hi.reshape(-1).contiguous(), axis
 
 
-def _forward(x: Tensor, bits: int, lo: Tensor, hi: Tensor, axis: int) -> Tensor:
-    args = _prepare(x, bits, lo, hi, axis)
-    if x.numel() == 0:
-        return torch.empty_like(x)
-    return _backend.kernel_for("fake_quant", x.device)(*args)
-
-
-fake_quant_op = torch.library.custom_op("adadfq::fake_quant", _forward, mutates_args=())
-
-
-@fake_quant_op.register_fake
-def _(x, bits, lo, hi, axis):
+def _fake(x, bits, lo, hi, axis):
     _check(x, bits, lo, hi, axis)
     return torch.empty_like(x)
 
 
-def _backward(ctx, grad):
-    return grad, None, None, None, None
-
-
-fake_quant_op.register_autograd(_backward)
-
-
-class _EagerFakeQuant(torch.autograd.Function):
-    forward = staticmethod(lambda ctx, *args: _forward(*args))
-    backward = staticmethod(_backward)
+fake_quant_op = FusedOp("fake_quant", "fake_quant", _prepare, _fake, empty=lambda x, *rest: torch.empty_like(x),
+                        backward=straight_through(5))
 
 
 def _as_range(v: Union[Tensor, float], x: Tensor) -> Tensor:
@@ -87,4 +67,4 @@ def fake_quant(
     _checks.check_float("x", x)
     lo, hi = _as_range(lo, x), _as_range(hi, x)
     args = (x, bits, lo, hi, _checks.normalize_axis(axis, x.dim()))
-    return call("fake_quant", fake_quant_op, _EagerFakeQuant.apply, _prepare, args, (x, lo, hi))
+    return fake_quant_op.call(args, (x, lo, hi))

@@ -10,14 +10,12 @@ in-place update.
 """
 from __future__ import annotations
 
-from typing import Tuple
 
 import torch
 from torch import Tensor
 
-from .. import _backend
 from . import _checks
-from ._eager import call
+from ._eager import FusedOp, straight_through
 
 
 def _check(x: Tensor, bits: int, state: Tensor, beta: float) -> None:
@@ -36,37 +34,14 @@ def _prepare(x: Tensor, bits: int, state: Tensor, beta: float, update: bool):
     return _checks.dense(x), bits, state, beta, update
 
 
-def _forward(x: Tensor, bits: int, state: Tensor, beta: float, update: bool) -> Tuple[Tensor, Tensor]:
-    args = _prepare(x, bits, state, beta, update)
-    if x.numel() == 0:
-        return torch.empty_like(x), state.clone()
-    return _backend.kernel_for("fake_quant_act", x.device)(*args)
-
-
-fake_quant_act_op = torch.library.custom_op("adadfq::fake_quant_act", _forward, mutates_args=())
-
-
-@fake_quant_act_op.register_fake
-def _(x, bits, state, beta, update):
+def _fake(x, bits, state, beta, update):
     _check(x, bits, state, beta)
     return torch.empty_like(x), torch.empty_like(state)
 
 
-def _backward(ctx, grad, grad_state):
-    return grad, None, None, None, None
-
-
-fake_quant_act_op.register_autograd(_backward)
-
-
-class _EagerFakeQuantAct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, *args):
-        out, new_state = _forward(*args)
-        ctx.mark_non_differentiable(new_state)
-        return out, new_state
-
-    backward = staticmethod(_backward)
+fake_quant_act_op = FusedOp("fake_quant_act", "fake_quant_act", _prepare, _fake,
+                            empty=lambda x, bits, state, *rest: (torch.empty_like(x), state.clone()),
+                            backward=straight_through(5), non_differentiable=(1,))
 
 
 def new_act_state(device=None) -> Tensor:
@@ -77,7 +52,7 @@ def new_act_state(device=None) -> Tensor:
 def fake_quant_act(x: Tensor, bits: int, state: Tensor, beta: float = 0.9, update: bool = True) -> Tensor:
     """Quantize an activation per tensor, updating the running range ``state`` in place when ``update``."""
     args = (x, bits, state, float(beta), bool(update))
-    out, new_state = call("fake_quant_act", fake_quant_act_op, _EagerFakeQuantAct.apply, _prepare, args, (x, state))
+    out, new_state = fake_quant_act_op.call(args, (x, state))
     if update:
         with torch.no_grad():
             state.copy_(new_state)

@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _backend
 from . import _checks
-from ._eager import call
+from ._eager import FusedOp, straight_through
 
 
 def _check(w: Tensor, bits: int) -> None:
@@ -26,34 +25,15 @@ def _prepare(w: Tensor, bits: int):
     return _checks.dense(w), bits
 
 
-def _forward(w: Tensor, bits: int) -> Tensor:
-    args = _prepare(w, bits)
-    if w.numel() == 0:
-        return torch.empty_like(w)
-    return _backend.kernel_for("fake_quant_weight", w.device)(*args)
-
-
-fake_quant_weight_op = torch.library.custom_op("adadfq::fake_quant_weight", _forward, mutates_args=())
-
-
-@fake_quant_weight_op.register_fake
-def _(w, bits):
+def _fake(w, bits):
     _check(w, bits)
     return torch.empty_like(w)
 
 
-def _backward(ctx, grad):
-    return grad, None
-
-
-fake_quant_weight_op.register_autograd(_backward)
-
-
-class _EagerFakeQuantWeight(torch.autograd.Function):
-    forward = staticmethod(lambda ctx, *args: _forward(*args))
-    backward = staticmethod(_backward)
+fake_quant_weight_op = FusedOp("fake_quant_weight", "fake_quant_weight", _prepare, _fake,
+                               empty=lambda w, bits: torch.empty_like(w), backward=straight_through(2))
 
 
 def fake_quant_weight(w: Tensor, bits: int) -> Tensor:
     """Quantize-dequantize a weight per output channel (dim 0) over its own min/max."""
-    return call("fake_quant_weight", fake_quant_weight_op, _EagerFakeQuantWeight.apply, _prepare, (w, bits), (w,))
+    return fake_quant_weight_op.call((w, bits), (w,))

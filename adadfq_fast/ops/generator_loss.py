@@ -11,9 +11,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .. import _backend
 from . import _checks
-from ._eager import call
+from ._eager import FusedOp
 
 
 def _check(t: Tensor, s: Tensor, y: Tensor) -> None:
@@ -28,109 +27,49 @@ def _prepare(t: Tensor, s: Tensor, y: Tensor, lambda_l: float, lambda_u: float, 
     return t.contiguous(), s.contiguous(), y.contiguous(), lambda_l, lambda_u, alpha_ds, alpha_as
 
 
-def _forward(
-    t: Tensor, s: Tensor, y: Tensor, lambda_l: float, lambda_u: float, alpha_ds: float, alpha_as: float
-) -> Tuple[Tensor, Tensor, Tensor]:
-    args = _prepare(t, s, y, lambda_l, lambda_u, alpha_ds, alpha_as)
-    return _backend.kernel_for("generator_loss", t.device)(*args)
-
-
-generator_loss_op = torch.library.custom_op("adadfq::adadfq_generator_loss", _forward, mutates_args=())
-
-
-@generator_loss_op.register_fake
-def _(t, s, y, lambda_l, lambda_u, alpha_ds, alpha_as):
+def _fake(t, s, y, lambda_l, lambda_u, alpha_ds, alpha_as):
     _check(t, s, y)
     scalar = torch.empty((), dtype=torch.float32, device=t.device)
     return scalar, torch.empty_like(scalar), torch.empty((3, t.shape[0]), dtype=torch.float32, device=t.device)
 
 
-def _backward_impl(
-    grad_margin: Tensor,
-    grad_bal: Tensor,
-    t: Tensor,
-    s: Tensor,
-    y: Tensor,
-    row_stats: Tensor,
-    lambda_l: float,
-    lambda_u: float,
-    alpha_ds: float,
-    alpha_as: float,
-) -> Tuple[Tensor, Tensor]:
-    kernel = _backend.kernel_for("generator_loss_backward", t.device)
-    return kernel(grad_margin, grad_bal, t, s, y, row_stats, lambda_l, lambda_u, alpha_ds, alpha_as)
-
-
-generator_loss_backward_op = torch.library.custom_op(
-    "adadfq::adadfq_generator_loss_backward", _backward_impl, mutates_args=()
-)
-
-
-@generator_loss_backward_op.register_fake
-def _(grad_margin, grad_bal, t, s, y, row_stats, lambda_l, lambda_u, alpha_ds, alpha_as):
-    return torch.empty_like(t), torch.empty_like(s)
-
-
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, output):
     t, s, y, ctx.lambda_l, ctx.lambda_u, ctx.alpha_ds, ctx.alpha_as = inputs
     ctx.save_for_backward(t.contiguous(), s.contiguous(), y.contiguous(), output[2])
 
 
-def _make_backward(backward_fn):
-    def backward(ctx, grad_margin, grad_bal, grad_row_stats):
-        t, s, y, row_stats = ctx.saved_tensors
-        # A loss that did not reach the output gets no gradient: treat it as zero (device-side, no sync).
-        zero = torch.zeros((), dtype=torch.float32, device=t.device)
-        grad_margin = zero if grad_margin is None else grad_margin
-        grad_bal = zero if grad_bal is None else grad_bal
-        grad_t, grad_s = backward_fn(
-            grad_margin, grad_bal, t, s, y, row_stats, ctx.lambda_l, ctx.lambda_u, ctx.alpha_ds, ctx.alpha_as
-        )
-        return grad_t, grad_s, None, None, None, None, None
-
-    return backward
+def _backward(ctx, bwd, grad_margin, grad_bal, grad_row_stats):
+    t, s, y, row_stats = ctx.saved_tensors
+    # A loss that did not reach the output gets no gradient: treat it as zero (device-side, no sync).
+    zero = torch.zeros((), dtype=torch.float32, device=t.device)
+    grad_margin = zero if grad_margin is None else grad_margin
+    grad_bal = zero if grad_bal is None else grad_bal
+    grad_t, grad_s = bwd(grad_margin, grad_bal, t, s, y, row_stats, ctx.lambda_l, ctx.lambda_u, ctx.alpha_ds,
+                         ctx.alpha_as)
+    return grad_t, grad_s, None, None, None, None, None
 
 
-generator_loss_op.register_autograd(_make_backward(generator_loss_backward_op), setup_context=_setup_context)
-
-
-class _EagerGeneratorLoss(torch.autograd.Function):
-    # Old-style forward(ctx, ...): the setup_context style re-inspects the signature on every call (~40 us).
-    @staticmethod
-    def forward(ctx, *args):
-        output = _forward(*args)
-        _setup_context(ctx, args, output)
-        ctx.mark_non_differentiable(output[2])
-        return output
-
-    backward = staticmethod(_make_backward(_backward_impl))
+generator_loss_op = FusedOp(
+    "adadfq_generator_loss", "generator_loss", _prepare, _fake, backward=_backward, save=_save,
+    backward_fake=lambda grad_margin, grad_bal, t, s, *rest: (torch.empty_like(t), torch.empty_like(s)),
+    non_differentiable=(2,),
+)
 
 
 def adadfq_generator_loss_with_entropy(
-    t: Tensor,
-    s: Tensor,
-    y: Tensor,
-    lambda_l: float = 0.1,
-    lambda_u: float = 0.8,
-    alpha_ds: float = 0.2,
+    t: Tensor, s: Tensor, y: Tensor, lambda_l: float = 0.1, lambda_u: float = 0.8, alpha_ds: float = 0.2,
     alpha_as: float = 0.1,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Like :func:`adadfq_generator_loss`, also returning the per-sample entropy H of softmax(t - s)."""
     _checks.check_logits(t, s)
     t, s = _checks.common_logit_dtype(t, s)
     args = (t, s, y, float(lambda_l), float(lambda_u), float(alpha_ds), float(alpha_as))
-    margin, bal, row_stats = call("generator_loss", generator_loss_op, _EagerGeneratorLoss.apply, _prepare, args,
-                                  (t, s, y))
+    margin, bal, row_stats = generator_loss_op.call(args, (t, s, y))
     return margin, bal, row_stats[0]
 
 
 def adadfq_generator_loss(
-    t: Tensor,
-    s: Tensor,
-    y: Tensor,
-    lambda_l: float = 0.1,
-    lambda_u: float = 0.8,
-    alpha_ds: float = 0.2,
+    t: Tensor, s: Tensor, y: Tensor, lambda_l: float = 0.1, lambda_u: float = 0.8, alpha_ds: float = 0.2,
     alpha_as: float = 0.1,
 ) -> Tuple[Tensor, Tensor]:
     """(L_margin, L_bal) of AdaDFQ's generator objective for teacher logits ``t``, student logits ``s``, labels ``y``.

@@ -20,10 +20,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .. import _backend
 from ..reference import int_conv2d_output_channels_last
 from . import _checks
-from ._eager import use_custom_op
+from ._eager import FusedOp
 
 IntPair = Union[int, Sequence[int]]
 
@@ -45,6 +44,15 @@ def _check_tensor(name: str, t, dtype: torch.dtype, shape: Tuple[int, ...], x: T
     _checks.check_same_device(name, t, "x", x)
 
 
+def _check_4d(name: str, t, dtype: torch.dtype, what: str, dims: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name}: expected {what}, got {t.dtype}")
+    if t.dim() != 4:
+        raise ValueError(f"{name}: expected shape {dims}, got {tuple(t.shape)}")
+
+
 def _out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
     return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
@@ -54,18 +62,8 @@ def _check(
     relu, out_bits, out_scale, out_zero,
 ) -> Tuple[int, int, int, int]:
     """Metadata checks (also run by the fake implementation). Returns the output shape."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x: expected a tensor, got {type(x).__name__}")
-    if x.dtype != torch.uint8:
-        raise TypeError(f"x: expected uint8 activation codes, got {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"x: expected shape [N, C, H, W], got {tuple(x.shape)}")
-    if not isinstance(weight, Tensor):
-        raise TypeError(f"weight: expected a tensor, got {type(weight).__name__}")
-    if weight.dtype != torch.int8:
-        raise TypeError(f"weight: expected int8 weight levels, got {weight.dtype}")
-    if weight.dim() != 4:
-        raise ValueError(f"weight: expected shape [O, C/groups, kh, kw], got {tuple(weight.shape)}")
+    _check_4d("x", x, torch.uint8, "uint8 activation codes", "[N, C, H, W]")
+    _check_4d("weight", weight, torch.int8, "int8 weight levels", "[O, C/groups, kh, kw]")
     _checks.check_same_device("weight", weight, "x", x)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"groups: expected a positive integer, got {groups!r}")
@@ -110,34 +108,18 @@ def _check(
     if isinstance(out_bits, bool) or not isinstance(out_bits, int) or not (out_bits == 0 or 2 <= out_bits <= 8):
         raise ValueError(f"out_bits: expected 0 (float32 output) or an integer from 2 to 8, got {out_bits!r}")
     if out_bits:
-        if not (math.isfinite(out_scale) and out_scale > 0):
-            raise ValueError(f"out_scale: expected a finite positive scale, got {out_scale}")
-        half = 2 ** (out_bits - 1)
-        if out_zero != math.floor(out_zero) or out_zero - half < 0 or out_zero + half - 1 > 255:
-            raise ValueError(
-                f"out_zero: expected an integer zero point whose codes q + out_zero (q in [{-half}, {half - 1}]) "
-                f"lie in [0, 255], got {out_zero}"
-            )
+        _checks.check_codes_quantizer("out_scale", out_scale, "out_zero", out_zero, out_bits)
     return out_shape
 
 
-def _forward(
-    x: Tensor, weight: Tensor, weight_zero: Tensor, stride: List[int], padding: List[int], dilation: List[int],
-    groups: int, out_mult: Tensor, out_bias: Tensor, residual: Optional[Tensor], residual_scale: float,
-    relu: bool, out_bits: int, out_scale: float, out_zero: float,
-) -> Tensor:
-    args = (x, weight, weight_zero, list(stride), list(padding), list(dilation), groups, out_mult, out_bias,
-            residual, float(residual_scale), bool(relu), out_bits, float(out_scale), float(out_zero))
+def _prepare(*args):
+    """Checks; the kernel takes the arguments as they are."""
     _check(*args)
-    return _backend.kernel_for("int_conv2d", x.device)(*args)
+    return args
 
 
-int_conv2d_op = torch.library.custom_op("adadfq::int_conv2d", _forward, mutates_args=())
-
-
-@int_conv2d_op.register_fake
-def _(x, weight, weight_zero, stride, padding, dilation, groups, out_mult, out_bias, residual, residual_scale,
-      relu, out_bits, out_scale, out_zero):
+def _fake(x, weight, weight_zero, stride, padding, dilation, groups, out_mult, out_bias, residual, residual_scale,
+          relu, out_bits, out_scale, out_zero):
     shape = _check(x, weight, weight_zero, stride, padding, dilation, groups, out_mult, out_bias, residual,
                    residual_scale, relu, out_bits, out_scale, out_zero)
     dtype = torch.uint8 if out_bits else torch.float32
@@ -145,22 +127,15 @@ def _(x, weight, weight_zero, stride, padding, dilation, groups, out_mult, out_b
     return torch.empty(shape, dtype=dtype, device=x.device, memory_format=fmt)
 
 
+# Inference only: no autograd formula.
+int_conv2d_op = FusedOp("int_conv2d", "int_conv2d", _prepare, _fake)
+
+
 def int_conv2d(
-    x: Tensor,
-    weight: Tensor,
-    weight_zero: Tensor,
-    stride: IntPair = 1,
-    padding: IntPair = 0,
-    dilation: IntPair = 1,
-    groups: int = 1,
-    out_mult: Optional[Tensor] = None,
-    out_bias: Optional[Tensor] = None,
-    residual: Optional[Tensor] = None,
-    residual_scale: float = 1.0,
-    relu: bool = False,
-    out_bits: int = 0,
-    out_scale: float = 1.0,
-    out_zero: float = 0.0,
+    x: Tensor, weight: Tensor, weight_zero: Tensor, stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
+    groups: int = 1, out_mult: Optional[Tensor] = None, out_bias: Optional[Tensor] = None,
+    residual: Optional[Tensor] = None, residual_scale: float = 1.0, relu: bool = False, out_bits: int = 0,
+    out_scale: float = 1.0, out_zero: float = 0.0,
 ) -> Tensor:
     """Integer convolution of uint8 activation codes ``x`` [N, C, H, W] with int8 weight levels ``weight``
     [O, C/groups, kh, kw] and int32 zero points ``weight_zero`` [O], with the fused epilogue described in the
@@ -177,8 +152,4 @@ def int_conv2d(
             _pair("dilation", dilation, 1), groups, out_mult, out_bias, residual, float(residual_scale),
             bool(relu), out_bits, float(out_scale), float(out_zero))
     tensors = [t for t in (x, weight, weight_zero, out_mult, out_bias, residual) if isinstance(t, Tensor)]
-    # No autograd: the eager path calls the checked kernel directly (a custom op call costs tens of microseconds
-    # of Python); tracing, modes and tensor subclasses go through the registered op.
-    if use_custom_op(*tensors):
-        return int_conv2d_op(*args)
-    return _forward(*args)
+    return int_conv2d_op.call(args, tensors)

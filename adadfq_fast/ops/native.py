@@ -43,14 +43,8 @@ SCHEMAS = {
         " int groups, Tensor out_mult, Tensor out_bias, Tensor? residual, float residual_scale, bool relu,"
         " int out_bits, float out_scale, float out_zero) -> Tensor"
     ),
-}
-
-# Kernels of the integer model's own layers (adadfq_fast.deploy), outside the backend switch: each is implemented
-# where it pays and called directly by the deploy code, which falls back to its PyTorch steps elsewhere.
-DEPLOY_SCHEMAS = {
-    # The QuantAct steps of a float layer in one pass: float32 -> uint8 codes, same strides. C++ on CPU
-    # (csrc/cpu/quantize_codes.cpp); on CUDA the deploy code calls the Triton kernel kernels/quantize_codes.py.
-    # Optionally a per-channel affine fma(y, channel_mult[c], channel_add[c]) first (a float layer's eval BN).
+    # The QuantAct steps of the integer model's float layers in one pass (adadfq_fast/ops/quantize_codes.py):
+    # float32 -> uint8 codes, optionally after a per-channel fma (a float layer's eval BatchNorm).
     "quantize_codes": (
         "(Tensor y, float scale, float zero, int bits, bool relu, Tensor? channel_mult=None,"
         " Tensor? channel_add=None) -> Tensor"
@@ -58,15 +52,8 @@ DEPLOY_SCHEMAS = {
 }
 
 _lib = torch.library.Library(NAMESPACE, "DEF")
-for _name, _schema in {**SCHEMAS, **DEPLOY_SCHEMAS}.items():
+for _name, _schema in SCHEMAS.items():
     _lib.define(_name + _schema)
-
-
-@torch.library.register_fake(f"{NAMESPACE}::quantize_codes")
-def _quantize_codes_fake(y, scale, zero, bits, relu, channel_mult=None, channel_add=None):
-    # The kernel keeps a dense input's strides and makes anything else contiguous first.
-    dense = y if torch._prims_common.is_non_overlapping_and_dense_or_false(y) else y.contiguous()
-    return torch.empty_like(dense, dtype=torch.uint8)
 
 
 _HANDLES = {}
