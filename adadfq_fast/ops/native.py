@@ -51,6 +51,10 @@ SCHEMAS = {
     ),
 }
 
+# Kernels that the CUDA library does not implement: on CUDA tensors the triton backend serves them (quantize_codes:
+# one elementwise pass, written for the GPU in Triton only), else the reference.
+NOT_IN_CUDA_LIBRARY = ("quantize_codes",)
+
 _lib = torch.library.Library(NAMESPACE, "DEF")
 for _name, _schema in SCHEMAS.items():
     _lib.define(_name + _schema)
