@@ -18,6 +18,7 @@ from ._eager import use_custom_op
 
 def _forward(feats: List[Tensor], running_means: List[Tensor], running_vars: List[Tensor]) -> Tuple[Tensor, Tensor]:
     _checks.check_bn_inputs(feats, running_means, running_vars)
+    _checks.check_bn_values(running_means, running_vars)
     kernel = _backend.kernel_for("bn_stat_loss", feats[0].device)
     return kernel([_checks.dense(x) for x in feats], _contig(running_means), _contig(running_vars))
 

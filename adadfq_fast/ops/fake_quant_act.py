@@ -4,6 +4,10 @@
 updated exactly as the spec says (compounding bias correction) from this batch's min/max (one pass), then ``x``
 is quantized over the new range (a second pass). Gradient: straight-through identity to ``x``.
 
+Bad values raise ValueError before ``state`` is written (``_checks``): a state that is not finite, has
+x_min > x_max or beta_t outside [0, 1]; with ``update=True``, an activation whose NaN/inf would make the stored
+range non-finite. (With ``update=False`` a NaN in ``x`` just gives NaN outputs, as the reference does.)
+
 The op itself is functional (returns ``(out, new_state)``) because PyTorch cannot attach an autograd formula to
 a mutating custom op; :func:`fake_quant_act` copies ``new_state`` back into ``state``, so callers see an
 in-place update.
@@ -17,7 +21,7 @@ from torch import Tensor
 
 from .. import _backend
 from . import _checks
-from ._eager import call
+from ._eager import call, use_custom_op
 
 
 def _check(x: Tensor, bits: int, state: Tensor, beta: float) -> None:
@@ -31,8 +35,7 @@ def _check(x: Tensor, bits: int, state: Tensor, beta: float) -> None:
 def _prepare(x: Tensor, bits: int, state: Tensor, beta: float, update: bool):
     """Checks, then the kernel's arguments."""
     _check(x, bits, state, beta)
-    if not update:
-        _checks.check_range_values(state[0], state[1], "state[0] (x_min)", "state[1] (x_max)")
+    _checks.check_act_state_values(state)
     return _checks.dense(x), bits, state, beta, update
 
 
@@ -40,7 +43,10 @@ def _forward(x: Tensor, bits: int, state: Tensor, beta: float, update: bool) -> 
     args = _prepare(x, bits, state, beta, update)
     if x.numel() == 0:
         return torch.empty_like(x), state.clone()
-    return _backend.kernel_for("fake_quant_act", x.device)(*args)
+    out, new_state = _backend.kernel_for("fake_quant_act", x.device)(*args)
+    if update:
+        _checks.check_act_update(new_state)
+    return out, new_state
 
 
 fake_quant_act_op = torch.library.custom_op("adadfq::fake_quant_act", _forward, mutates_args=())
@@ -79,6 +85,8 @@ def fake_quant_act(x: Tensor, bits: int, state: Tensor, beta: float = 0.9, updat
     args = (x, bits, state, float(beta), bool(update))
     out, new_state = call("fake_quant_act", fake_quant_act_op, _EagerFakeQuantAct.apply, _prepare, args, (x, state))
     if update:
+        if not use_custom_op(x, state):  # the native eager path bypasses _forward's check (same check, 3 values)
+            _checks.check_act_update(new_state)
         with torch.no_grad():
             state.copy_(new_state)
     return out
