@@ -9,6 +9,10 @@ Environment switches:
   ADADFQ_CUDA_ARCHS   e.g. "9.0" or "8.0;9.0" (default: TORCH_CUDA_ARCH_LIST, else 9.0)
   ADADFQ_CPU_ARCH     value for -march (default: native; use e.g. x86-64-v3 for a portable build, or "none")
   ADADFQ_BUILD_NATIVE 0 installs the pure-Python package only (ops then run on the reference/Triton backends)
+  ADADFQ_PREBUILT     1 compiles nothing: each library is copied from adadfq_fast/ where an earlier in-place build
+                      (`pip install -e .` or `python setup.py build_ext --inplace`) left it, so a wheel built right
+                      after an editable install (CI) does not recompile the C++ (minutes on 2 cores). Refused when
+                      a library is missing or older than a source file under csrc/.
 
 Both libraries are plain shared objects loaded with ``torch.ops.load_library``; they only provide
 ``TORCH_LIBRARY_IMPL`` for the schemas declared in ``adadfq_fast/ops/native.py``.
@@ -17,16 +21,15 @@ import glob
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = ["adadfq_fast", "adadfq_fast.ops", "adadfq_fast.nn", "adadfq_fast.backends", "adadfq_fast.kernels", "adadfq_fast.models", "adadfq_fast.data"]
-PACKAGES += ["adadfq_fast.game", "adadfq_fast.config"]
-PACKAGES += ["adadfq_fast.cli"]  # the command line (adadfq-fast), one module per command
-# The published presets are TOML files read at run time (importlib.resources), so they must ship in the wheel.
-PACKAGE_DATA = {"adadfq_fast.config": ["presets/*.toml"], "adadfq_fast": ["weights/*.pt", "weights/*.json"]}
-# Triton kernels live in the top-level kernels/ folder (beside csrc/) and install as adadfq_fast.kernels.
+# Triton kernels live in the top-level kernels/ folder (beside csrc/) and install as adadfq_fast.kernels; every
+# other package is found under adadfq_fast/ (a checkout may hold a kernels symlink there: excluded, mapped below).
+PACKAGES = find_packages(ROOT, include=["adadfq_fast", "adadfq_fast.*"], exclude=["adadfq_fast.kernels"])
+PACKAGES.append("adadfq_fast.kernels")
 PACKAGE_DIR = {"adadfq_fast.kernels": "kernels"}
+# Package data (presets, the shipped teacher) is declared once, in pyproject.toml [tool.setuptools.package-data].
 
 
 def _rel(paths):
@@ -48,6 +51,31 @@ def _want_cuda():
     if missing and switch in ("1", "true", "yes", "on"):
         raise RuntimeError(f"ADADFQ_BUILD_CUDA=1 but {missing}")
     return missing is None, missing
+
+
+def _prebuilt(base):
+    """A build_ext that copies each library from its in-place build instead of compiling (ADADFQ_PREBUILT=1)."""
+
+    class PrebuiltExtension(base):
+        def build_extension(self, ext):
+            stem = os.path.join(ROOT, *ext.name.split("."))
+            found = [p for p in glob.glob(stem + "*.so") if os.path.basename(p).split(".")[0] == ext.name.split(".")[-1]]
+            if not found:
+                raise RuntimeError(f"ADADFQ_PREBUILT=1 but {os.path.relpath(stem, ROOT)}*.so was not built in place "
+                                   "(run `python setup.py build_ext --inplace` or `pip install -e .` first)")
+            lib = max(found, key=os.path.getmtime)
+            newer = [s for s in ext.sources if os.path.getmtime(os.path.join(ROOT, s)) > os.path.getmtime(lib)]
+            newer += [h for h in glob.glob(os.path.join(ROOT, "csrc", "**", "*.h"), recursive=True)
+                      if os.path.getmtime(h) > os.path.getmtime(lib)]
+            if newer:
+                raise RuntimeError(f"ADADFQ_PREBUILT=1 but {os.path.relpath(lib, ROOT)} is older than "
+                                   f"{os.path.relpath(newer[0], ROOT)}: rebuild it (or unset ADADFQ_PREBUILT)")
+            dest = self.get_ext_fullpath(ext.name)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copyfile(lib, dest)
+            print(f"adadfq_fast: {ext.name} copied from {os.path.relpath(lib, ROOT)} (ADADFQ_PREBUILT=1)")
+
+    return PrebuiltExtension
 
 
 def _extensions():
@@ -91,14 +119,16 @@ def _extensions():
         )
     else:
         print(f"adadfq_fast: skipping the CUDA kernels ({why_not})")
-    return exts, {"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)}
+    build_ext = BuildExtension.with_options(no_python_abi_suffix=True)
+    if os.environ.get("ADADFQ_PREBUILT", "0") == "1":
+        build_ext = _prebuilt(build_ext)
+    return exts, {"build_ext": build_ext}
 
 
 ext_modules, cmdclass = _extensions()
 setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data=PACKAGE_DATA,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     options={"bdist_wheel": {"py_limited_api": "cp311"}} if ext_modules else {},

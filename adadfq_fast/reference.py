@@ -1,4 +1,4 @@
-"""Pure-PyTorch AdaDFQ math, written line by line from ``shared/spec/adadfq.md``.
+"""Pure-PyTorch AdaDFQ math, written line by line from ``docs/spec.md`` (the project's spec).
 
 This module has two jobs:
 

@@ -1,6 +1,7 @@
 """``adadfq-fast export`` and ``adadfq-fast infer`` (commands of the table in ``adadfq_fast/cli/__init__.py``).
 
   adadfq-fast export CHECKPOINT --out FILE.adq       a Q checkpoint (save_q_checkpoint) -> integer model file
+  adadfq-fast export CHECKPOINT --format onnx -o FILE.onnx   the same as a QDQ ONNX model (extra `onnx`)
   adadfq-fast infer FILE.adq [--dataset fashion-mnist] [--data-root DIR] [--batch-size 256] [--compare CKPT]
 """
 from __future__ import annotations
@@ -34,7 +35,10 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="adadfq-fast export",
                                 description="Export a trained Q checkpoint as an integer model file (.adq).")
     p.add_argument("checkpoint", help="a Q checkpoint written by adadfq-fast quantize / train (save_q_checkpoint)")
-    p.add_argument("--out", required=True, help="the integer model file to write (e.g. q.adq)")
+    p.add_argument("--out", "-o", required=True, help="the file to write (e.g. q.adq, q.onnx)")
+    p.add_argument("--format", choices=["adq", "onnx"], default="adq",
+                   help="adq: the integer model file (default); onnx: a QDQ ONNX model for ONNX Runtime/OpenVINO "
+                   "(adadfq_fast/deploy/onnx_export.py; needs the `onnx` extra)")
     p.add_argument("--verbose", action="store_true", help="list the exported layers")
     args = p.parse_args(argv)
 
@@ -46,6 +50,17 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
     meta = {"source": os.path.basename(args.checkpoint), "zoo_model": payload["model"],
             "wbits_checkpoint": payload["wbits"], "abits_checkpoint": payload["abits"]}
     model = export(q, in_size=tuple(payload["in_size"]), meta=meta)
+    if args.format == "onnx":
+        from .onnx_export import save_onnx
+
+        try:
+            size, report = save_onnx(model, args.out)
+        except ImportError as e:
+            raise SystemExit(f"export: {e}") from None
+        print(f"exported {payload['model']} W{payload['wbits']}A{payload['abits']} -> {args.out} (QDQ ONNX, "
+              f"{size / 1024:.1f} KiB): {report['qdq_act_sites']} quantized activation sites, float weights "
+              f"{report['float_weights'] or 'none'}, float activation sites {report['float_act_sites'] or 'none'}")
+        return 0
     size = save(model, args.out)
     sd = _state_dict_bytes(q)
     convs = [L for L in model.layers if L.kind == "conv"]

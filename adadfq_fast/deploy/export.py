@@ -1,4 +1,4 @@
-"""``export(Q) -> IntegerModel``: the trained quantized network as integer layers (design: runs/int_design.md).
+"""``export(Q) -> IntegerModel``: the trained quantized network as integer layers (design: docs/integer_design.md).
 
 What is exported, per layer of Q:
 

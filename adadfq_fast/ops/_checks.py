@@ -2,9 +2,12 @@
 
 Metadata checks (dtype, device, shape, bit width) run both in the real kernel and in the fake (meta)
 implementation, so a bad call fails the same way eagerly and under ``torch.compile``. Value checks (NaN in a
-range, lo > hi, labels out of range) need the data: they run on CPU tensors always, and on accelerator tensors
-only when ``ADADFQ_CHECK_VALUES=1`` and no CUDA graph is being captured, because reading a device value forces
-a host synchronisation.
+range, lo > hi, labels out of range, a non-finite activation range state or update, a negative BN running
+variance) need the data: they run on CPU tensors always, and on accelerator tensors only when
+``ADADFQ_CHECK_VALUES=1`` and no CUDA graph is being captured, because reading a device value forces a host
+synchronisation. Checks on Python numbers (bit widths, the margins lambda_l <= lambda_u) always run.
+Every check raises before anything is written, so a failed call leaves its inputs (e.g. a range state) as they
+were.
 """
 from __future__ import annotations
 
@@ -117,6 +120,62 @@ def check_range_values(lo: Tensor, hi: Tensor, lo_name: str = "lo", hi_name: str
         lo_v, hi_v = lo.reshape(-1)[i].item(), hi.reshape(-1)[i].item()
         where = f" at channel {i}" if bad.dim() else ""
         raise ValueError(f"{lo_name} > {hi_name}{where}: {lo_v} > {hi_v}")
+
+
+def check_act_state_values(state: Tensor) -> None:
+    """``fake_quant_act``'s range state ``[x_min, x_max, beta_t]``: finite, x_min <= x_max, beta_t in [0, 1].
+
+    Every update from a fresh state ``[0, 0, 1]`` with finite activations keeps these (both bounds are the same
+    positive combination of the old bound and the batch's min/max; beta_t only shrinks), so a state that breaks
+    one was corrupted or built by hand, and would otherwise spread into every later range."""
+    if not values_checkable(state):
+        return
+    x_min, x_max, beta_t = state.tolist()
+    if not all(math.isfinite(v) for v in (x_min, x_max, beta_t)):
+        raise ValueError(f"state: NaN or inf in the range state [x_min, x_max, beta_t] = {[x_min, x_max, beta_t]}")
+    if x_min > x_max:
+        raise ValueError(f"state[0] (x_min) > state[1] (x_max): {x_min} > {x_max}")
+    if not 0.0 <= beta_t <= 1.0:
+        raise ValueError(f"state[2] (beta_t): expected the momentum power in [0, 1], got {beta_t}")
+
+
+def check_act_update(new_state: Tensor) -> None:
+    """The range ``fake_quant_act`` is about to store: a NaN or inf in the activation makes it non-finite, which
+    would poison every later call (the EMA never forgets a NaN). Raised before the state is written."""
+    if not values_checkable(new_state):
+        return
+    if not bool(torch.isfinite(new_state[:2]).all()):
+        raise ValueError(
+            f"x: NaN or inf in the activation would make the stored range {new_state[:2].tolist()}; the range "
+            "state was left unchanged"
+        )
+
+
+def check_margins(lambda_l: float, lambda_u: float) -> None:
+    """The margin loss keeps H' inside [lambda_l, lambda_u]: an empty or non-finite interval is a mistake."""
+    for name, v in (("lambda_l", lambda_l), ("lambda_u", lambda_u)):
+        if not math.isfinite(v):
+            raise ValueError(f"{name}: expected a finite margin, got {v!r}")
+    if lambda_l > lambda_u:
+        raise ValueError(f"lambda_l > lambda_u: {lambda_l} > {lambda_u} (the lower margin must not exceed the upper)")
+
+
+def check_bn_values(running_means: Sequence[Tensor], running_vars: Sequence[Tensor]) -> None:
+    """BN running statistics: finite means, finite non-negative variances (one pass over all layers)."""
+    if not values_checkable(running_vars[0]):
+        return
+    rv = torch.cat([r.reshape(-1).float() for r in running_vars])
+    if not bool((rv >= 0).all() & torch.isfinite(rv).all()):
+        for i, r in enumerate(running_vars):
+            bad = ~((r >= 0) & torch.isfinite(r))
+            if bool(bad.any()):
+                c = int(bad.nonzero()[0, 0])
+                raise ValueError(f"running_vars[{i}]: expected finite non-negative variances, got {r[c].item()} at "
+                                 f"channel {c}")
+    rm = torch.cat([r.reshape(-1).float() for r in running_means])
+    if not bool(torch.isfinite(rm).all()):
+        i = next(i for i, r in enumerate(running_means) if not bool(torch.isfinite(r).all()))
+        raise ValueError(f"running_means[{i}]: NaN or inf in a running mean")
 
 
 def check_label_values(y: Tensor, num_classes: int) -> None:

@@ -74,8 +74,10 @@ class FusedOp:
     def __init__(self, name: str, kernel: str, prepare: Callable, fake: Callable, *, empty: Optional[Callable] = None,
                  backward: Optional[Callable] = None, save: Optional[Callable] = None,
                  backward_fake: Optional[Callable] = None, backward_prepare: Optional[Callable] = None,
-                 non_differentiable: Sequence[int] = (), list_args: bool = False):
+                 non_differentiable: Sequence[int] = (), list_args: bool = False,
+                 check_outputs: Optional[Callable] = None):
         self.kernel, self.prepare, self.empty = kernel, prepare, empty
+        self.check_outputs = check_outputs  # (kernel args, outputs): value checks on what the kernel returned
         # The public op has its kernel's signature (ops/native.py), so every backend's kernel takes its arguments.
         self.op = torch.library.custom_op(f"adadfq::{name}", self.forward, mutates_args=(), schema=SCHEMAS[kernel])
         self.op.register_fake(fake)
@@ -103,7 +105,10 @@ class FusedOp:
         kargs = self.prepare(*args)
         if self.empty is not None and kargs[0].numel() == 0:
             return self.empty(*kargs)
-        return _backend.kernel_for(self.kernel, _device(kargs[0]))(*kargs)
+        out = _backend.kernel_for(self.kernel, _device(kargs[0]))(*kargs)
+        if self.check_outputs is not None:
+            self.check_outputs(kargs, out)
+        return out
 
     def _eager_function(self, name, backward, save, bwd_impl, non_differentiable, list_args) -> Callable:
         forward_impl = self.forward
@@ -161,7 +166,11 @@ class FusedOp:
         if use_custom_op(*tensors):
             return self.op(*args)
         if self._native_fast_path(tensors[0].device):
-            return native_op(self.kernel)(*self.prepare(*args))
+            kargs = self.prepare(*args)
+            out = native_op(self.kernel)(*kargs)
+            if self.check_outputs is not None:
+                self.check_outputs(kargs, out)
+            return out
         return self._eager(*args)
 
 

@@ -18,6 +18,7 @@ from ._eager import FusedOp
 def _prepare(feats: List[Tensor], running_means: List[Tensor], running_vars: List[Tensor]):
     """Checks, then the kernel's arguments (dense inputs, contiguous statistics)."""
     _checks.check_bn_inputs(feats, running_means, running_vars)
+    _checks.check_bn_values(running_means, running_vars)
     return _dense(feats), _contig(running_means), _contig(running_vars)
 
 

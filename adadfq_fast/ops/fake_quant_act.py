@@ -4,6 +4,10 @@
 updated exactly as the spec says (compounding bias correction) from this batch's min/max (one pass), then ``x``
 is quantized over the new range (a second pass). Gradient: straight-through identity to ``x``.
 
+Bad values raise ValueError before ``state`` is written (``_checks``): a state that is not finite, has
+x_min > x_max or beta_t outside [0, 1]; with ``update=True``, an activation whose NaN/inf would make the stored
+range non-finite. (With ``update=False`` a NaN in ``x`` just gives NaN outputs, as the reference does.)
+
 The op itself is functional (returns ``(out, new_state)``) because PyTorch cannot attach an autograd formula to
 a mutating custom op; :func:`fake_quant_act` copies ``new_state`` back into ``state``, so callers see an
 in-place update.
@@ -29,8 +33,7 @@ def _check(x: Tensor, bits: int, state: Tensor, beta: float) -> None:
 def _prepare(x: Tensor, bits: int, state: Tensor, beta: float, update: bool):
     """Checks, then the kernel's arguments."""
     _check(x, bits, state, beta)
-    if not update:
-        _checks.check_range_values(state[0], state[1], "state[0] (x_min)", "state[1] (x_max)")
+    _checks.check_act_state_values(state)
     return _checks.dense(x), bits, state, beta, update
 
 
@@ -39,9 +42,16 @@ def _fake(x, bits, state, beta, update):
     return torch.empty_like(x), torch.empty_like(state)
 
 
+def _check_outputs(kargs, outputs) -> None:
+    """A range update must not store a NaN/inf range (it would poison every later call): raised before the public
+    function copies it into ``state``."""
+    if kargs[4]:
+        _checks.check_act_update(outputs[1])
+
+
 fake_quant_act_op = FusedOp("fake_quant_act", "fake_quant_act", _prepare, _fake,
                             empty=lambda x, bits, state, *rest: (torch.empty_like(x), state.clone()),
-                            backward=straight_through(5), non_differentiable=(1,))
+                            backward=straight_through(5), non_differentiable=(1,), check_outputs=_check_outputs)
 
 
 def new_act_state(device=None) -> Tensor:

@@ -23,12 +23,14 @@ def _check(t: Tensor, s: Tensor, y: Tensor) -> None:
 def _prepare(t: Tensor, s: Tensor, y: Tensor, lambda_l: float, lambda_u: float, alpha_ds: float, alpha_as: float):
     """Checks, then the kernel's arguments (contiguous logits and labels)."""
     _check(t, s, y)
+    _checks.check_margins(lambda_l, lambda_u)
     _checks.check_label_values(y, t.shape[1])
     return t.contiguous(), s.contiguous(), y.contiguous(), lambda_l, lambda_u, alpha_ds, alpha_as
 
 
 def _fake(t, s, y, lambda_l, lambda_u, alpha_ds, alpha_as):
     _check(t, s, y)
+    _checks.check_margins(lambda_l, lambda_u)
     scalar = torch.empty((), dtype=torch.float32, device=t.device)
     return scalar, torch.empty_like(scalar), torch.empty((3, t.shape[0]), dtype=torch.float32, device=t.device)
 

@@ -1,6 +1,6 @@
 """``adadfq::int_conv2d``: convolution of integer codes with a fused float32 epilogue (integer inference).
 
-Inputs are the integers of the spec's quantizer (see /work/runs/int_design.md): activations as uint8 codes
+Inputs are the integers of the spec's quantizer (design: docs/integer_design.md): activations as uint8 codes
 m = q + zp (dequantized value m / s_x), weights as int8 levels q_w with an integer zero point z_w per output
 channel (w^ = (q_w + z_w) / s_w). The kernel computes, per output channel o and pixel p,
 
