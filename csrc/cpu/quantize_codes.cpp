@@ -1,7 +1,7 @@
 // adadfq_native::quantize_codes on CPU: float32 activations -> uint8 activation codes in one pass.
 //
 // The integer model's float layers (the first conv, which reads the float image) end with Q's QuantAct steps,
-// which adadfq_fast/deploy/modules.py (quantize_codes_steps) writes as PyTorch ops: optional relu, v = scale * y,
+// which adadfq_fast/reference.py (quantize_codes_forward) writes as PyTorch ops: optional relu, v = scale * y,
 // v - zero, round half to even, clamp to [-2^(k-1), 2^(k-1) - 1], code q + zero. Those are six passes over the
 // float map (at ResNet-20's first layer and batch 256, 3 ms of a 76 ms forward); this is one read and one
 // byte write, byte-identical to the PyTorch steps (tests/test_quantize_codes.py):
