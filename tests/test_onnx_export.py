@@ -61,8 +61,8 @@ def test_agrees_with_q_on_random_inputs(bits, close_share):
 
 
 def test_weight_zero_point_outside_int8_falls_back_to_float(tmp_path):
-    """An 8-bit channel whose weights all have one sign has a zero point beyond int8: that weight is stored as
-    the float w^ (named in the report) and the model still agrees with Q."""
+    """An 8-bit channel whose weights all have one sign has a zero point beyond int8: that layer's weight is
+    stored as the float w^ (named in the report) and the model still agrees with Q."""
     q = make_q(8, teacher=False)
     conv = q.features.stage1.unit1.body.conv1.conv
     with torch.no_grad():

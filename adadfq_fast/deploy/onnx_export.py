@@ -17,8 +17,9 @@ Where this cannot express Q exactly is in ``docs/integer_design.md`` ("ONNX expo
 multiply (``x / scale``, ``q * scale``) where Q multiplies by ``s`` and divides by ``s_w``/``s``, so a value
 within a rounding of a code boundary can land on the neighbour code; the float epilogue (BN, residual) runs in
 the runtime's order (ONNX Runtime folds BN into the conv); k < 8 bit codes ride in uint8 with an explicit clip.
-Weight channels whose zero point does not fit int8 (8-bit channels whose weights all have one sign) are stored
-as the float w^ instead (``report["float_weights"]`` names them).
+A layer with a weight channel whose zero point does not fit int8 (possible only when the channel's weights all
+have one sign; at 8 bits it then always happens) keeps its weights as the float w^ instead
+(``report["float_weights"]`` names it).
 
 Needs the ``onnx`` extra (``pip install 'adadfq_fast[onnx]'``: onnx, onnxruntime); an ImportError naming it is
 raised otherwise.
