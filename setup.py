@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 PACKAGES = ["adadfq_fast", "adadfq_fast.ops", "adadfq_fast.nn", "adadfq_fast.backends", "adadfq_fast.kernels", "adadfq_fast.models", "adadfq_fast.data"]
 PACKAGES += ["adadfq_fast.game", "adadfq_fast.config"]
 # The published presets are TOML files read at run time (importlib.resources), so they must ship in the wheel.
-PACKAGE_DATA = {"adadfq_fast.config": ["presets/*.toml"], "adadfq_fast": ["weights/*.pt", "weights/*.json"]}
+PACKAGE_DATA = {"adadfq_fast.config": ["presets/*.toml"], "adadfq_fast": ["weights/*.pt", "weights/*.json", "policies/*.json"]}
 # Triton kernels live in the top-level kernels/ folder (beside csrc/) and install as adadfq_fast.kernels.
 PACKAGE_DIR = {"adadfq_fast.kernels": "kernels"}
 

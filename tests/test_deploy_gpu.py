@@ -156,11 +156,11 @@ def test_cuda_model_agrees_with_cpu(int_model, backend):
 
 
 def test_cuda_auto_picks_triton_for_big_3x3_convs_only():
-    """``auto`` on CUDA: Triton for 3x3 convs of >= TRITON_MIN_MACS multiply-adds, the CUDA kernel otherwise (the
-    rule itself needs no GPU)."""
+    """``auto`` on CUDA without a measured policy: Triton for 3x3 convs of >= TRITON_MIN_MACS multiply-adds, the CUDA
+    kernel otherwise (the rule itself needs no GPU)."""
 
     def run(batch, hw, cin, cout, k, stride):
-        return _backend.int_conv2d_cuda_choice((batch, cin, hw, hw), (cout, cin, k, k), (stride, stride))
+        return _backend.int_conv2d_cuda_choice((batch, cin, hw, hw), (cout, cin, k, k), (stride, stride), policy=None)
 
     assert run(256, 56, 64, 64, 3, 1) == "triton"   # ResNet-18 stage 1 at batch 256: 29.6 G MACs
     assert run(256, 56, 64, 128, 1, 2) == "cuda"    # its 1x1 projection
