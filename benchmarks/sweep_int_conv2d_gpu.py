@@ -228,11 +228,30 @@ def markdown(records: List[Dict], env: Dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def sweep_plan(args) -> List[tuple]:
+    """(model, batch) pairs in sweep order: what the targets need first, so a sweep cut short by its budget has
+    measured them (ResNet-18 at the throughput batch, ResNet-20 at batch 1)."""
+    if args.plan:
+        plan = []
+        for item in args.plan:
+            model, _, batch = item.partition(":")
+            if model not in MODELS or not batch.isdigit() or int(batch) < 1:
+                raise SystemExit(f"--plan: expected MODEL:BATCH with MODEL in {list(MODELS)}, got {item!r}")
+            plan.append((model, int(batch)))
+        return plan
+    pairs = [(m, b) for b in args.batches for m in args.models]
+    first = [("resnet18", max(args.batches)), ("resnet20", min(args.batches))]
+    return [p for p in first if p in pairs] + [p for p in pairs if p not in first]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--batches", nargs="*", type=int, default=[256, 1])
+    p.add_argument("--plan", nargs="*", default=None, metavar="MODEL:BATCH",
+                   help="the (model, batch) pairs in sweep order (default: the targets first: resnet18 at the largest "
+                        "batch, resnet20 at the smallest, then the rest of --models x --batches)")
     p.add_argument("--layers", nargs="*", default=None, help="only these layer names")
     p.add_argument("--backends", nargs="*", default=["cuda", "triton", "triton_tc"])
     p.add_argument("--repeats", type=int, default=10)
@@ -266,21 +285,20 @@ def main(argv=None) -> int:
         with open(policy_path, "w") as f:
             json.dump(policy_from(records, args.device), f, indent=1)
 
-    for batch in args.batches:
-        for model in args.models:
-            for name, c, h, o, k, stride, count in MODELS[model]:
-                if args.layers and name not in args.layers:
-                    continue
-                if args.budget and time.perf_counter() - t0 > args.budget:
-                    print(f"budget of {args.budget:.0f} s spent: {model} b{batch} {name} and later layers not swept")
-                    continue
-                try:
-                    records.append(sweep_layer(model, name, c, h, o, k, stride, count, batch, args, backends, tc))
-                except Exception as e:  # noqa: BLE001 - one layer's failure must not end the sweep
-                    print(f"[{model} b{batch}] {name}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-                save()  # a sweep cut short still leaves what it measured
-                if args.device == "cuda":
-                    torch.cuda.empty_cache()
+    for model, batch in sweep_plan(args):
+        for name, c, h, o, k, stride, count in MODELS[model]:
+            if args.layers and name not in args.layers:
+                continue
+            if args.budget and time.perf_counter() - t0 > args.budget:
+                print(f"budget of {args.budget:.0f} s spent: {model} b{batch} {name} not swept")
+                continue
+            try:
+                records.append(sweep_layer(model, name, c, h, o, k, stride, count, batch, args, backends, tc))
+            except Exception as e:  # noqa: BLE001 - one layer's failure must not end the sweep
+                print(f"[{model} b{batch}] {name}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+            save()  # a sweep cut short still leaves what it measured
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
     save()
     print(markdown(records, env))
     print(f"policy: {policy_path} ({len(policy_from(records, args.device)['layers'])} layers)")
