@@ -79,6 +79,7 @@ def _int_conv2d_tc_kernel(
     RESIDUAL: tl.constexpr, RELU: tl.constexpr, REQUANT: tl.constexpr, WIDE: tl.constexpr,
     FLAT: tl.constexpr, CIN: tl.constexpr, KW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+    EPI_SPLIT: tl.constexpr,
 ):
     """x: uint8 NHWC codes (channel stride 1); w: int8 [cout, K] folded levels (row stride ws_o = K, K
     contiguous), column k = (r * kw + s) * CIN + c; wsum: int32 [cout] row sums of w. FLAT: k_steps chunks over all K; else
@@ -127,11 +128,29 @@ def _int_conv2d_tc_kernel(
             acc += tl.dot((xm ^ shift).to(tl.int8, bitcast=True), wt, out_dtype=tl.int32)
     wsum = tl.load(wsum_ptr + o, mask=omask, other=0)
     total = acc + 128 * wsum[None, :]  # exact: see the module docstring
-    _epilogue_store(
-        total, n_idx, oh, ow, pmask, o, omask, mult_ptr, bias_ptr, res_ptr, out_ptr,
-        rs_n, rs_c, rs_h, rs_w, os_n, os_c, os_h, os_w, residual_scale, out_scale, out_zero, half,
-        RESIDUAL, RELU, REQUANT,
-    )
+    if EPI_SPLIT:
+        # The epilogue in two halves of the output channels, one after the other: the residual and output address
+        # tensors of only half the tile are live at a time (the full tile's spilled at BLOCK_N >= 128).
+        halves = tl.permute(tl.reshape(total, [BLOCK_M, 2, BLOCK_N // 2]), (0, 2, 1))
+        t0, t1 = tl.split(halves)
+        o0 = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+        _epilogue_store(
+            t0, n_idx, oh, ow, pmask, o0, o0 < cout, mult_ptr, bias_ptr, res_ptr, out_ptr,
+            rs_n, rs_c, rs_h, rs_w, os_n, os_c, os_h, os_w, residual_scale, out_scale, out_zero, half,
+            RESIDUAL, RELU, REQUANT,
+        )
+        o1 = o0 + BLOCK_N // 2
+        _epilogue_store(
+            t1, n_idx, oh, ow, pmask, o1, o1 < cout, mult_ptr, bias_ptr, res_ptr, out_ptr,
+            rs_n, rs_c, rs_h, rs_w, os_n, os_c, os_h, os_w, residual_scale, out_scale, out_zero, half,
+            RESIDUAL, RELU, REQUANT,
+        )
+    else:
+        _epilogue_store(
+            total, n_idx, oh, ow, pmask, o, omask, mult_ptr, bias_ptr, res_ptr, out_ptr,
+            rs_n, rs_c, rs_h, rs_w, os_n, os_c, os_h, os_w, residual_scale, out_scale, out_zero, half,
+            RESIDUAL, RELU, REQUANT,
+        )
 
 
 @triton.jit(do_not_specialize=["n_pixels", "out_h", "out_w"])
@@ -332,7 +351,7 @@ def int_conv2d(
             n_pixels, h, w, ho, wo, o, n_blocks_m, n_blocks_n, kh, kw, triton.cdiv(k_total, block_k),
             c // block_k, xn.stride(0), xn.stride(2), xn.stride(3), k_total, *epilogue, sh, sw, ph, pw, dh, dw, *scalars,
             **flags, FLAT=flat, CIN=c if flat else 0, KW=kw if flat else 0,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP=GROUP_M,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP=GROUP_M, EPI_SPLIT=block_n >= 32,
             num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=False,
         )
 

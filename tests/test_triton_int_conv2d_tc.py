@@ -362,13 +362,17 @@ flags = dict(RESIDUAL=2, RELU=True, REQUANT=True, WIDE=False)
 for flat, cin, kw, tile in ((False, 0, 0, m.TC_CONFIGS["3x3"][0]), (True, 16, 3, m.TC_CONFIGS["small_n"][0])):
     bm, bn, bk, warps, stages = tile
     k = build(m._int_conv2d_tc_kernel, dict(flags, FLAT=flat, CIN=cin, KW=kw, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-              GROUP=m.GROUP_M), dict(num_warps=warps, num_stages=stages))
-    ptx = k.asm["ptx"]
+              GROUP=m.GROUP_M, EPI_SPLIT=True), dict(num_warps=warps, num_stages=stages))
+    ptx, ttgir = k.asm["ptx"], k.asm["ttgir"]
     assert re.search(r"wgmma\.mma_async\S*\.s32\.s8\.s8", ptx), ("no int8 wgmma", flat)
     assert "fma.rn.f32" not in ptx, "a multiply-add was contracted (the epilogue must round each step)"
     assert "div.rn.f32" in ptx
+    # Both operands stream into shared memory by cp.async, pipelined (num_stages): a weight tile read in the
+    # wrong order (or with its contiguity hidden) falls back to a synchronous load per K step.
+    assert ttgir.count("async_copy_global_to_local") >= 2 * stages, ttgir.count("async_copy_global_to_local")
     usage = ptxas_usage(ptx)
     print("tc", "flat" if flat else "per-tap", tile, "shared bytes", k.metadata.shared, usage)
+    assert " 0 bytes spill stores" in usage, usage  # the split epilogue keeps the tile in registers
 e = build(m._int_mm_epilogue_kernel, dict(flags, BLOCK_M=64, BLOCK_N=128), dict(num_warps=4))
 assert "fma.rn.f32" not in e.asm["ptx"]
 print("ok")
