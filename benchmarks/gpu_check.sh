@@ -11,7 +11,8 @@
 #           layers at batches 256 and 1, bit-exact first, against cuDNN fp16 (benchmarks/sweep_int_conv2d_gpu.py);
 #           writes the measured policy, installed as adadfq_fast/policies/int_conv2d_sm90.json so that `auto`
 #           picks per layer from it in the later stages (and in the package, once committed);
-#   models  whole models: integer (auto = the measured policy, and each backend) vs float16 channels_last eager,
+#   models  whole models (ResNet-20 first: its batch-1 target is quick to measure): integer (auto = the measured
+#           policy, and each backend) vs float16 channels_last eager,
 #           replayed from a CUDA graph (batch 1) and torch.compile (batch 256, ResNet-18), batches 256 and 1;
 #   tests   the GPU tests of the new kernel and policy (tests/test_triton_int_conv2d_tc.py and others);
 #   9       the full CIFAR-10 ResNet-20 W4A4 run (400 x 200 iterations + 400 evaluations of 10k synthetic images,
@@ -106,7 +107,7 @@ do_models() {
   local compile=${GPU_CHECK_COMPILE:-resnet18_imagenet}
   # shellcheck disable=SC2086
   timeout "$LIMIT" python3 -m adadfq_fast bench int --device cuda --no-progress \
-    --models resnet18_imagenet resnet20_cifar --batch 256 --repeats 10 --compile-models $compile \
+    --models resnet20_cifar resnet18_imagenet --batch 256 --repeats 10 --compile-models $compile \
     --note "gpu_check.sh (run4): auto reads the measured policy of the sweep; 10 rounds at batch 1, 5 at 256." \
     --json "$RESULTS/bench_int_gpu.json"
 }
