@@ -63,7 +63,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
-    p.add_argument("--backends", nargs="*", default=None, help="default: triton and cuda where available")
+    p.add_argument("--backends", nargs="*", default=None, help="default: triton, cuda and triton_tc where available")
     p.add_argument("--json", default=None)
     p.add_argument("--profile", default=None, metavar="LAYER",
                    help="no timing: launch LAYER's int_conv2d (first of --backends) 3 times, for a profiler such as "
@@ -72,7 +72,7 @@ def main(argv=None):
     if args.profile:
         return _profile(args)
     dev = args.device
-    wanted = args.backends or ["triton", "cuda"]
+    wanted = args.backends or ["triton", "cuda", "triton_tc"]
     available = _backend.implementations("int_conv2d", torch.device(dev).type)
     backends = [b for b in wanted if b in available]
     skipped = {b: _backend.why_unavailable(b, dev) or "no int_conv2d kernel" for b in wanted if b not in backends}

@@ -74,7 +74,7 @@ def test_bench_int_cuda_without_gpu_is_a_clear_error(capsys):
 def _cuda_backends():
     names = ["auto"]
     if HAS_CUDA:
-        names += [b for b in ("triton", "cuda") if _backend.why_unavailable(b, "cuda") is None]
+        names += [b for b in ("triton", "cuda", "triton_tc") if _backend.why_unavailable(b, "cuda") is None]
     return names
 
 
@@ -127,6 +127,11 @@ def test_bench_int_cuda_code_path_runs_on_cpu():
     assert [r["batch"] for r in part["records"]] == [1, 2] and seen == part["records"]
     for r in part["records"]:
         assert set(r["ms"]) == {"integer", "fp16_channels_last"} and r["integer_vs_fp16"] > 0
+        assert r["integer_vs_best_fp16"] == r["ms"]["fp16_channels_last"] / r["ms"]["integer"]
+        assert r["best"] == {"integer": "integer", "fp16": "fp16_channels_last"}
+    assert bench_int.best_ratio({"integer": 2.0, "integer[cuda]": 1.0, "fp16_channels_last": 4.0,
+                                 "fp16_channels_last_graph": 3.0}) == 3.0
+    assert bench_int.best_ratio({"integer": 2.0}) is None
     data = {**part, "environment": bench_int.environment_cuda(), "note": "smoke"}
     table = bench_int.markdown_cuda(data)
     assert "| resnet20_cifar | 3x32x32 | 1 |" in table and "smoke" in table
@@ -156,11 +161,11 @@ def test_cuda_model_agrees_with_cpu(int_model, backend):
 
 
 def test_cuda_auto_picks_triton_for_big_3x3_convs_only():
-    """``auto`` on CUDA: Triton for 3x3 convs of >= TRITON_MIN_MACS multiply-adds, the CUDA kernel otherwise (the
-    rule itself needs no GPU)."""
+    """``auto`` on CUDA without a measured policy: Triton for 3x3 convs of >= TRITON_MIN_MACS multiply-adds, the CUDA
+    kernel otherwise (the rule itself needs no GPU)."""
 
     def run(batch, hw, cin, cout, k, stride):
-        return _backend.int_conv2d_cuda_choice((batch, cin, hw, hw), (cout, cin, k, k), (stride, stride))
+        return _backend.int_conv2d_cuda_choice((batch, cin, hw, hw), (cout, cin, k, k), (stride, stride), policy=None)
 
     assert run(256, 56, 64, 64, 3, 1) == "triton"   # ResNet-18 stage 1 at batch 256: 29.6 G MACs
     assert run(256, 56, 64, 128, 1, 2) == "cuda"    # its 1x1 projection

@@ -119,7 +119,8 @@ def _with_backend(fn: Callable, backend: str) -> Callable:
 def run_bench(device: str = "cpu", settings: Optional[Sequence[str]] = None, ops: Sequence[str] = OPS,
               repeats: int = 20, compile_reference: Optional[bool] = None, progress: bool = True) -> List[dict]:
     settings = list(settings or SETTINGS)
-    backends = [b for b in _backend.available_backends(device) if b != "reference"]
+    # Not the partial backends (triton_tc: its other kernels are triton's, which is timed already).
+    backends = [b for b in _backend.available_backends(device) if b != "reference" and b not in _backend.FALLBACK]
     if compile_reference is None:
         compile_reference = device == "cuda"
     records = []
