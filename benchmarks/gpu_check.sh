@@ -20,6 +20,7 @@
 #           of its own, GPU_CHECK_STEPS=9 (with the build that call takes about 8 minutes). Where it is cut short,
 #           the summary gives its epochs done and an estimate from them, marked as such;
 #   1..8    the stages of the earlier checks (bench step, GPU test tier, bench ops, ncu, ...), see run_N below.
+# SWEEP_BACKENDS (default "cuda triton triton_tc") and SWEEP_REPEATS (7) trim the sweep.
 # Results: $GPU_CHECK_RESULTS (default benchmarks/results/gpu_h200/run4), also packed into $OUT/gpu_results.tar.gz
 # after every stage when $OUT is set (the device tool brings back at most 8 files), with $OUT/gpu_check.log.
 # pytorchcv (ResNet-18) is not on the lent machines: a copy of its package in .gpu_deps/ (git-ignored; carried by the
@@ -84,7 +85,9 @@ POLICY_SHIPPED=adadfq_fast/policies/int_conv2d_sm90.json
 
 do_sweep() {
   # The sweep stops starting layers 25 s before its limit, so it always writes its table and policy.
+  # shellcheck disable=SC2086
   timeout "$LIMIT" python3 benchmarks/sweep_int_conv2d_gpu.py --out "$RESULTS" --models resnet18 resnet20 \
+    --backends ${SWEEP_BACKENDS:-cuda triton triton_tc} \
     --batches 256 1 --repeats ${SWEEP_REPEATS:-7} --calls 10 --budget $(( LIMIT - 25 ))
   local rc=$?
   if [ -s "$RESULTS/int_conv2d_policy.json" ] && python3 - "$RESULTS/int_conv2d_policy.json" <<'EOF'
