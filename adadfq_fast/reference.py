@@ -73,29 +73,62 @@ def fake_quant_weight(w: Tensor, bits: int) -> Tensor:
     return fake_quant(w, bits, lo, hi, axis=0)
 
 
-def ema_range_update(state: Tensor, x: Tensor, beta: float) -> None:
-    """The original QuantAct update, in place on ``state = [x_min, x_max, beta_t]`` (float32).
+ACT_RANGE_UPDATES = ("faithful", "standard")
+STES = ("identity", "clipped")
 
-    The bias correction divides the *stored* value, so it compounds (spec: faithful behaviour).
+
+def standard_ema_prescale(state: Tensor) -> Tensor:
+    """``[x_min, x_max]`` of ``state`` turned back into the raw (uncorrected) EMA: stored * (1 - beta_t).
+
+    The standard bias-corrected EMA keeps ``m_t = beta m_(t-1) + (1 - beta) v_t`` and uses ``m_t / (1 - beta^t)``.
+    The state stores the corrected range (the value the quantizer reads, frozen or not), so ``m_(t-1)`` is
+    ``stored * (1 - beta_t)``; feeding that to the faithful formula gives exactly the standard update. At the
+    start (beta_t = 1) the raw EMA is 0 and the first update stores this batch's min/max.
+    """
+    return torch.cat([state[:2] * (1.0 - state[2]), state[2:]])
+
+
+def ema_range_update(state: Tensor, x: Tensor, beta: float, mode: str = "faithful") -> None:
+    """The QuantAct range update, in place on ``state = [x_min, x_max, beta_t]`` (float32).
+
+    ``faithful`` (the original): the bias correction divides the *stored* value, so it compounds.
+    ``standard`` (opt-in fix): a standard bias-corrected EMA, see :func:`standard_ema_prescale`.
     ``beta`` and ``1 - beta`` are rounded to float32 separately, as the original's Python floats are when
     they meet a float32 tensor. An empty ``x`` leaves the state untouched.
     """
+    if mode not in ACT_RANGE_UPDATES:
+        raise ValueError(f"act_range_update: expected one of {list(ACT_RANGE_UPDATES)}, got {mode!r}")
     if x.numel() == 0:
         return
+    prev = standard_ema_prescale(state) if mode == "standard" else state
     b = torch.tensor(beta, dtype=torch.float32, device=state.device)
     one_minus_b = torch.tensor(1.0 - beta, dtype=torch.float32, device=state.device)
     xf = x.detach().float()
-    beta_t = state[2] * b
+    beta_t = prev[2] * b
     denom = 1.0 - beta_t
-    new_min = (state[0] * b + xf.min() * one_minus_b) / denom
-    new_max = (state[1] * b + xf.max() * one_minus_b) / denom
+    new_min = (prev[0] * b + xf.min() * one_minus_b) / denom
+    new_max = (prev[1] * b + xf.max() * one_minus_b) / denom
     state.copy_(torch.stack([new_min, new_max, beta_t]))
 
 
-def fake_quant_act(x: Tensor, bits: int, state: Tensor, beta: float = 0.9, update: bool = True) -> Tensor:
+def clip_mask(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Where the clipped STE lets the gradient through: inside the quantizer's range, lo <= x <= hi."""
+    return (x >= lo) & (x <= hi)
+
+
+def fake_quant_act(x: Tensor, bits: int, state: Tensor, beta: float = 0.9, update: bool = True,
+                   ste: str = "identity", range_update: str = "faithful") -> Tensor:
+    """The activation quantizer; ``ste="clipped"`` zeroes the gradient where x lies outside [x_min, x_max]
+    (where the quantizer clamps), ``range_update`` chooses the EMA (see :func:`ema_range_update`)."""
+    if ste not in STES:
+        raise ValueError(f"ste: expected one of {list(STES)}, got {ste!r}")
     if update:
-        ema_range_update(state, x, beta)
-    return fake_quant(x, bits, state[0], state[1])
+        ema_range_update(state, x, beta, range_update)
+    out = fake_quant(x, bits, state[0], state[1])
+    if ste == "clipped":
+        mask = clip_mask(x.detach(), state[0], state[1]).to(x.dtype)
+        out = out.detach() + (x - x.detach()) * mask  # value: out; gradient: mask
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def test_best_q_is_a_q_checkpoint_and_eval_reads_both_forms(tiny_fmnist, tmp_pat
     out = tmp_path / "job"
     quantize_job.main(["--checkpoint", str(fp), "--data-root", str(tiny_fmnist), "--epochs", "2",
                        "--iters-per-epoch", "1", "--warmup-epochs", "1", "--batch-size", "4", "--method", "adadfq",
-                       "--out", str(out), "--no-progress", "--no-plots"])
+                       "--bits", "4", "--out", str(out), "--no-progress", "--no-plots"])
     summary = json.loads((out / "summary.json").read_text())
     ckpt = out / "q_adadfq_w4a4.pt"
     q, _ = load_q_checkpoint(ckpt)
@@ -155,3 +155,73 @@ def test_best_q_is_a_q_checkpoint_and_eval_reads_both_forms(tiny_fmnist, tmp_pat
         assert eval_main(["--model", "resnet20", "--dataset", "fashion-mnist", "--data-root", str(tiny_fmnist),
                           "--no-progress", *args]) == 0
         assert f"top-1 {summary['adadfq_acc']:.2f}%" in capsys.readouterr().out
+
+
+def _tiny_job(tiny_fmnist, tmp_path, out, *extra):
+    ckpt = tmp_path / "t.pt"
+    if not ckpt.exists():
+        torch.manual_seed(0)
+        torch.save(build_model("resnet20", num_classes=10, in_channels=1, in_size=(28, 28)).state_dict(), ckpt)
+    assert quantize_job.main(["--checkpoint", str(ckpt), "--data-root", str(tiny_fmnist), "--epochs", "2",
+                              "--iters-per-epoch", "2", "--warmup-epochs", "1", "--batch-size", "4", "--threads", "1",
+                              "--out", str(out), "--no-progress", "--no-plots", *extra]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_quantize_job_is_reproducible(tiny_fmnist, tmp_path):
+    """Same command, seed and thread count: the same numbers and the same Q, bit for bit."""
+    a = _tiny_job(tiny_fmnist, tmp_path, tmp_path / "a")
+    b = _tiny_job(tiny_fmnist, tmp_path, tmp_path / "b")
+    for key in ("teacher_acc", "calib_acc", "gdfq_acc", "adadfq_acc"):
+        assert a[key] == b[key], key
+    for method in ("gdfq", "adadfq"):
+        assert a["runs"][method]["h_norm_last"] == b["runs"][method]["h_norm_last"]
+        qa, _ = load_q_checkpoint(tmp_path / "a" / f"q_{method}_w3a3.pt")
+        qb, _ = load_q_checkpoint(tmp_path / "b" / f"q_{method}_w3a3.pt")
+        for (k, x), y in zip(qa.state_dict().items(), qb.state_dict().values()):
+            if isinstance(x, torch.Tensor):
+                assert torch.equal(x, y), (method, k)
+
+
+def test_quantize_job_defaults_to_w3a3_and_names_its_fixes(tiny_fmnist, tmp_path):
+    s = _tiny_job(tiny_fmnist, tmp_path, tmp_path / "fix", "--method", "adadfq", "--ste", "clipped")
+    assert s["config"]["wbits"] == 3 and s["config"]["abits"] == 3
+    assert s["runs"]["adadfq"]["config"]["ste"] == "clipped"
+    assert "opt-in fixes: ste=clipped" in (tmp_path / "fix" / "table.md").read_text()
+    s = _tiny_job(tiny_fmnist, tmp_path, tmp_path / "faithful", "--method", "adadfq")
+    assert s["runs"]["adadfq"]["config"]["ste"] == "identity"
+    assert "faithful quantizer" in (tmp_path / "faithful" / "table.md").read_text()
+
+
+def _summary(**cfg):
+    base = dict(model="resnet20", dataset="fashion-mnist", epochs=10, iters_per_epoch=100, warmup_epochs=2,
+                batch_size=16, q_lr=1e-4, g_lr=1e-3, schedule="fast", bf16=False, ste="identity",
+                act_range_update="faithful", test_images=10000, wbits=3, abits=3, seed=0)
+    base.update(cfg)
+    runs = {m: dict(final_acc=acc, iters_per_s=2.0, best_acc=acc, best_epoch=9) for m, acc in
+            (("gdfq", 90.0), ("adadfq", 91.5))}
+    return dict(config=base, teacher_acc=93.6, calib_acc=89.0, gdfq_acc=90.0, adadfq_acc=91.5, runs=runs)
+
+
+def test_table_quotes_the_seed_spread_at_the_same_budget_only(tmp_path):
+    table = {"budget_config": {k: v for k, v in _summary()["config"].items() if k not in ("wbits", "abits", "seed")},
+             "runs": {"w3a3": [dict(seed=s, teacher_acc=93.6, calib_acc=c, gdfq_acc=g, adadfq_acc=a)
+                               for s, c, g, a in ((0, 89.0, 90.0, 91.0), (1, 88.0, 90.5, 91.5), (2, 87.0, 90.0, 91.6))]}}
+    path = tmp_path / "fmnist_table.json"
+    path.write_text(json.dumps(table))
+    s = _summary()
+    ref = quantize_job.seed_reference(s, str(path))
+    assert ref["adadfq_acc"]["mean"] == pytest.approx(91.3667, abs=1e-3)
+    assert ref["adadfq_minus_gdfq"]["mean"] == pytest.approx(1.2, abs=1e-9)
+    assert ref["adadfq_minus_gdfq"]["std"] == pytest.approx(0.12**0.5, abs=1e-9)  # gains 1.0, 1.0, 1.6
+    assert ref["adadfq_minus_gdfq"]["ahead"] == 3
+    s["seed_reference"] = ref
+    text = quantize_job.format_table(s)
+    assert "91.37 ± 0.32" in text and "+1.20 ± 0.35 over 3 seeds, ahead in 3 of 3" in text
+    # Another budget, bit width or fix: no spread quoted (it would not apply), and the table says so.
+    for other in (dict(epochs=2), dict(wbits=4, abits=4), dict(ste="clipped"), dict(test_images=1000)):
+        assert quantize_job.seed_reference(_summary(**other), str(path)) is None, other
+    assert "No seed spread quoted" in quantize_job.format_table(_summary(epochs=2))
+    # The shipped table has the default budget's W3A3 runs: the default job quotes them.
+    shipped = quantize_job.seed_reference(_summary())
+    assert shipped is not None and shipped["adadfq_minus_gdfq"]["n"] == 3

@@ -17,8 +17,17 @@ def _teacher(cfg, checkpoint: Optional[str], pretrained: bool, random_teacher: b
             "train: the teacher P needs its weights: pass --teacher-checkpoint PATH (a state dict; pytorchcv's "
             ".pth files load as they are) or --pretrained (pytorchcv's published weights, downloaded or found in "
             "~/.torch/models). --random-teacher runs on an untrained teacher (for smoke tests only).")
-    return build_model(cfg.model, num_classes=cfg.num_classes, in_channels=cfg.channels, checkpoint=checkpoint,
-                       pretrained=pretrained, in_size=(cfg.img_size, cfg.img_size))
+    def build():
+        return build_model(cfg.model, num_classes=cfg.num_classes, in_channels=cfg.channels, checkpoint=checkpoint,
+                           pretrained=pretrained, in_size=(cfg.img_size, cfg.img_size))
+
+    if checkpoint or pretrained:
+        return build()
+    # A random teacher's weights come from the run's seed (same seed: same P, hence same G and Q), drawn from a
+    # forked RNG so that the game's own streams start where they would with a loaded teacher.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build()
 
 
 def _evaluate_on(loader, device, progress: bool, max_batches: Optional[int] = None):

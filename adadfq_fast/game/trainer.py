@@ -46,6 +46,16 @@ from .generators import build_generator
 from .schedules import GameStep, LossWeights
 
 
+class RangeNotConvergedWarning(UserWarning):
+    """Q's activation ranges froze while still far above the activations they quantize."""
+
+
+# A frozen x_max this many times the largest activation of a generated batch means the range has not converged:
+# the quantizer then maps nearly every activation to its lowest level(s). A converged EMA of batch maxima sits
+# within ~2x of one batch's max; the faithful EMA's overshoot after a short warm-up is 1e2-1e5x.
+RANGE_BLOWUP = 10.0
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -115,7 +125,7 @@ class Trainer:
         method: str = "adadfq",
         autocast_dtype: Optional[torch.dtype] = None,
     ):
-        from adadfq_fast.nn import act_quantizers, quantize_model
+        from adadfq_fast.nn import act_quantizers, quantize_model, set_quant_options
 
         self.cfg = cfg
         self.rank, self.world_size = ddp.get_rank(), ddp.get_world_size()
@@ -126,6 +136,7 @@ class Trainer:
         example = torch.zeros(1, cfg.channels, cfg.img_size, cfg.img_size, device=self.device)
         self.Q = (quantized if quantized is not None else
                   quantize_model(self.P, cfg.wbits, cfg.abits, example_input=example)).to(self.device).eval()
+        set_quant_options(self.Q, ste=cfg.ste, act_range_update=cfg.act_range_update)  # the opt-in fixes
         self.G = (generator if generator is not None else
                   build_generator(cfg.generator, cfg.num_classes, cfg.img_size, cfg.channels, cfg.latent_dim)
                   ).to(self.device).train()
@@ -165,6 +176,7 @@ class Trainer:
         self.history: List[dict] = []
         self.h_norm_first: Optional[List[float]] = None
         self.h_norm_last: Optional[List[float]] = None
+        self._range_warned = False
         if self.run_dir:
             os.makedirs(self.run_dir, exist_ok=True)
         self.tb = _tensorboard_writer(self.run_dir) if getattr(cfg, "tensorboard", False) and self.run_dir else None
@@ -209,6 +221,9 @@ class Trainer:
                       q_stepped=step_q, ranges_frozen=frozen)
         if self.world_size > 1:
             record["world_size"] = self.world_size
+        if not frozen and self.ranges_frozen(epoch + 1) and self.is_main:
+            # The ranges freeze after this epoch: say now (once) if they have not converged.
+            record.update(self.check_act_ranges())
         if h_all:  # H' of all samples of the first epoch and of the latest one (the histograms of the main job)
             h_epoch = torch.cat(h_all).float().cpu().tolist()
             if self.h_norm_first is None:
@@ -220,6 +235,63 @@ class Trainer:
             self.sched_g.step()
             self.sched_q.step()
         return record
+
+    @torch.no_grad()
+    def check_act_ranges(self, factor: float = RANGE_BLOWUP, warn: bool = True) -> dict:
+        """Compare every QuantAct's x_max with the largest activation it sees on one generated batch.
+
+        Returns ``act_range_ratio`` (the worst x_max / max activation over the sites that see a positive one)
+        and ``act_range_site``; warns (:class:`RangeNotConvergedWarning`, once per run) above ``factor``. The
+        probe batch changes nothing: RNG states, G's BN buffers and Q's ranges are restored or left untouched.
+        """
+        from adadfq_fast.nn import QuantAct
+
+        sites = [(name, m) for name, m in self.Q.named_modules() if isinstance(m, QuantAct)]
+        if not sites:
+            return {}
+        seen: Dict[str, Tensor] = {}
+        hooks = [m.register_forward_pre_hook(
+            lambda mod, args, name=name: seen.__setitem__(name, torch.maximum(
+                seen.get(name, args[0].new_zeros((), dtype=torch.float32)), args[0].detach().float().amax())))
+            for name, m in sites]
+        frozen = [m.frozen for _, m in sites]
+        g_buffers = {k: v.clone() for k, v in self.G.named_buffers()}
+        rng = rng_state()
+        try:
+            for _, m in sites:
+                m.freeze()
+            with adadfq_fast.use_backend(self.backend):
+                x, _ = self.step._generate()
+                self.Q(x)
+        finally:
+            for h in hooks:
+                h.remove()
+            for (_, m), f in zip(sites, frozen):
+                m.frozen = f
+            set_rng_state(rng)
+            for k, v in self.G.named_buffers():
+                v.copy_(g_buffers[k])
+        ratios = {name: (m.x_max / seen[name]).item() for name, m in sites if name in seen and seen[name] > 0}
+        if not ratios:
+            return {}
+        worst = max(ratios, key=ratios.get)
+        above = sum(r > factor for r in ratios.values())
+        if warn and above and not self._range_warned:
+            self._range_warned = True
+            x_max = dict(sites)[worst].x_max.item()
+            warnings.warn(
+                f"Q's activation ranges have not converged when they freeze (after epoch "
+                f"{self.cfg.act_range_unfreeze_epochs}, {self.cfg.act_range_unfreeze_epochs * self.cfg.iters_per_epoch}"
+                f" iterations): {above} of the {len(ratios)} sites that see a positive activation on a generated "
+                f"batch have x_max above {factor:g}x its largest value (worst: {worst}, x_max {x_max:.3g} = "
+                f"{ratios[worst]:.3g}x; sites behind a blown range see only zeros), so Q maps almost "
+                f"every activation to its lowest levels and its accuracy will be near chance. The faithful range EMA "
+                f"(act_range_update=faithful) overshoots by up to ~1e5x during its first ~100 updates. Remedy: a "
+                f"longer warm-up (more epochs/iterations before the ranges freeze: act_range_unfreeze_epochs, or "
+                f"--warmup-epochs / --iters-per-epoch in `adadfq-fast quantize`) or the standard EMA "
+                f"(act_range_update=standard, --act-range-update standard).",
+                RangeNotConvergedWarning, stacklevel=3)
+        return dict(act_range_ratio=ratios[worst], act_range_site=worst, act_range_sites_blown=above)
 
     # ---- the run ------------------------------------------------------------------------------------------
     def fit(self, epochs: Optional[int] = None) -> dict:

@@ -7,6 +7,7 @@ from .quantize import (
     quantize_model,
     relu_call_counts,
     set_bits,
+    set_quant_options,
     unfreeze_act_ranges,
     weight_quantizers,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "freeze_act_ranges",
     "unfreeze_act_ranges",
     "set_bits",
+    "set_quant_options",
     "save_q_checkpoint",
     "load_q_checkpoint",
     "read_q_checkpoint",

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import reference as ref
 from ..ops import fake_quant_act, fake_quant_weight, new_act_state
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -98,6 +99,27 @@ class QuantLinear(_WeightQuantMixin, nn.Linear):
         return f"{super().extra_repr()}, wbits={self._wbits}"
 
 
+def check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+class _ClippedSTE(torch.autograd.Function):
+    """Returns ``out`` (the quantizer's output, whose gradient to ``x`` is the identity) unchanged; masks the
+    gradient to where ``lo <= x <= hi`` (``reference.clip_mask``), so the composite is the clipped STE."""
+
+    @staticmethod
+    def forward(ctx, out, x, lo, hi):
+        ctx.save_for_backward(ref.clip_mask(x, lo, hi))
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None, None
+
+
 class QuantAct(nn.Module):
     """Per-tensor activation quantizer with the original's running range (spec: "Activations").
 
@@ -105,13 +127,21 @@ class QuantAct(nn.Module):
     forward while unfrozen, then ``x`` is quantized over it; frozen, the stored range is used as is. The frozen
     flag travels in the state_dict (``<prefix>_extra_state``) so a resumed run restores it; it is a Python bool,
     not a tensor, so reading it never synchronises with a GPU.
+
+    Two opt-in fixes of the original's defects (both default to the faithful behaviour; set them on a whole
+    model with ``set_quant_options``): ``ste="clipped"`` zeroes the gradient where x lies outside [x_min, x_max]
+    (the faithful STE passes it everywhere, also where the quantizer clamps); ``range_update="standard"`` uses a
+    standard bias-corrected EMA instead of the compounding one (``reference.ema_range_update``).
     """
 
-    def __init__(self, abits: int, beta: float = 0.9, device=None):
+    def __init__(self, abits: int, beta: float = 0.9, device=None, ste: str = "identity",
+                 range_update: str = "faithful"):
         super().__init__()
         self.abits = abits
         self.beta = check_beta(beta)
         self.frozen = False
+        self.ste = check_choice("ste", ste, ref.STES)
+        self.range_update = check_choice("range_update", range_update, ref.ACT_RANGE_UPDATES)
         self.register_buffer("state", new_act_state(device))
 
     @property
@@ -147,7 +177,11 @@ class QuantAct(nn.Module):
         self.state.copy_(new_act_state(self.state.device))
 
     def forward(self, x: Tensor) -> Tensor:
-        return fake_quant_act(x, self._abits, self.state, self.beta, update=not self.frozen)
+        out = fake_quant_act(x, self._abits, self.state, self.beta, update=not self.frozen,
+                             range_update=self.range_update)
+        if self.ste == "clipped":
+            out = _ClippedSTE.apply(out, x.detach(), self.state[0], self.state[1])
+        return out
 
     def get_extra_state(self):
         return {"frozen": bool(self.frozen)}
@@ -166,7 +200,10 @@ class QuantAct(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"abits={self._abits}, beta={self.beta}, frozen={self.frozen}"
+        fixes = "".join(f", {k}={v}" for k, v, faithful in (("ste", self.ste, "identity"),
+                                                              ("range_update", self.range_update, "faithful"))
+                        if v != faithful)
+        return f"abits={self._abits}, beta={self.beta}, frozen={self.frozen}{fixes}"
 
 
 class _CallCounter:

@@ -205,6 +205,28 @@ def unfreeze_act_ranges(model: nn.Module) -> nn.Module:
     return model
 
 
+def set_quant_options(model: nn.Module, ste: Optional[str] = None, act_range_update: Optional[str] = None) -> nn.Module:
+    """Set the opt-in fixes on every QuantAct of ``model`` in place (None: leave as is); returns ``model``.
+
+    ``ste``: ``identity`` (faithful) or ``clipped``; ``act_range_update``: ``faithful`` or ``standard`` (see
+    :class:`QuantAct`). The weight quantizers need neither: their range is their own min/max, so no weight is
+    ever clamped (a clipped STE would pass every gradient) and there is no running range.
+    """
+    from .. import reference as ref
+    from .modules import check_choice
+
+    if ste is not None:
+        check_choice("ste", ste, ref.STES)
+    if act_range_update is not None:
+        check_choice("act_range_update", act_range_update, ref.ACT_RANGE_UPDATES)
+    for m in act_quantizers(model):
+        if ste is not None:
+            m.ste = ste
+        if act_range_update is not None:
+            m.range_update = act_range_update
+    return model
+
+
 def set_bits(model: nn.Module, wbits: Optional[int] = None, abits: Optional[int] = None) -> nn.Module:
     """Change the bit width of every weight (``wbits``) and/or activation (``abits``) quantizer in place.
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import reference as ref
 from . import _checks
 from ._eager import FusedOp, straight_through
 
@@ -59,10 +60,22 @@ def new_act_state(device=None) -> Tensor:
     return torch.tensor([0.0, 0.0, 1.0], dtype=torch.float32, device=device)
 
 
-def fake_quant_act(x: Tensor, bits: int, state: Tensor, beta: float = 0.9, update: bool = True) -> Tensor:
-    """Quantize an activation per tensor, updating the running range ``state`` in place when ``update``."""
-    args = (x, bits, state, float(beta), bool(update))
-    out, new_state = fake_quant_act_op.call(args, (x, state))
+def fake_quant_act(x: Tensor, bits: int, state: Tensor, beta: float = 0.9, update: bool = True,
+                   range_update: str = "faithful") -> Tensor:
+    """Quantize an activation per tensor, updating the running range ``state`` in place when ``update``.
+
+    ``range_update="standard"`` (opt-in fix of the compounding bias correction): the kernels implement the
+    faithful update; fed the raw EMA (``reference.standard_ema_prescale``, a 3-element op) they compute the
+    standard bias-corrected one, so every backend serves both.
+    """
+    if range_update not in ref.ACT_RANGE_UPDATES:
+        raise ValueError(f"range_update: expected one of {list(ref.ACT_RANGE_UPDATES)}, got {range_update!r}")
+    kernel_state = state
+    if update and range_update == "standard":
+        _checks.check_state(state, x)
+        kernel_state = ref.standard_ema_prescale(state)
+    args = (x, bits, kernel_state, float(beta), bool(update))
+    out, new_state = fake_quant_act_op.call(args, (x, kernel_state))
     if update:
         with torch.no_grad():
             state.copy_(new_state)
