@@ -161,6 +161,8 @@ def run(args) -> dict:
             "iters_per_s": summary["iters_per_s"], "checkpoint": ckpt,
             "curve": [{"iteration": (r["epoch"] + 1) * r["iters"], "q_acc": r.get("q_acc")} for r in history],
             "h_norm_first": summary["h_norm_first"], "h_norm_last": summary["h_norm_last"],
+            # Worst x_max / largest activation when the ranges froze (the trainer warns above RANGE_BLOWUP).
+            "act_range_ratio": next((r["act_range_ratio"] for r in history if "act_range_ratio" in r), None),
             "config": cfg.to_dict(),
         }
     total_s = time.perf_counter() - start
@@ -251,8 +253,14 @@ def format_table(summary: dict) -> str:
     rows = [("FP teacher", teacher, None, "", "teacher_acc")]
     w, a = cfg["wbits"], cfg["abits"]
     if summary["calib_acc"] is not None:
-        rows.append((f"W{w}A{a} calibration only", summary["calib_acc"], None, "ranges from generated samples",
-                     "calib_acc"))
+        from adadfq_fast.game.trainer import RANGE_BLOWUP
+
+        ratio = (summary["runs"].get("adadfq") or next(iter(summary["runs"].values()), {})).get("act_range_ratio")
+        note = "ranges from generated samples"
+        if ratio is not None and ratio > RANGE_BLOWUP:
+            note += (f"; NOT converged when frozen (x_max up to {ratio:.3g}x the activations): longer warm-up or "
+                     "--act-range-update standard")
+        rows.append((f"W{w}A{a} calibration only", summary["calib_acc"], None, note, "calib_acc"))
     for method, label in (("gdfq", "GDFQ"), ("adadfq", "AdaDFQ")):
         run = summary["runs"].get(method)
         if run is not None:

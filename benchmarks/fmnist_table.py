@@ -60,28 +60,34 @@ def run_folder(work: str, bits: int, seed: int, fix: dict) -> str:
     return os.path.join(work, f"w{bits}a{bits}_s{seed}{tail}")
 
 
+def _cell(values, signed=False) -> str:
+    """mean ± std of the non-None values; a single value alone (a std of one run would read as no spread)."""
+    values = [v for v in values if v is not None]
+    m, s = _mean_std(values)
+    if m is None:
+        return "n/a"
+    text = f"{m:+.2f}" if signed else f"{m:.2f}"
+    return text + (f" ± {s:.2f}" if len(values) > 1 else " (1 seed)")
+
+
 def build_fix_table(summaries: dict, budget: str) -> str:
     """Rows: bit width x mode (``summaries[(bits, label)]`` = runs in seed order)."""
     lines = [f"Fashion-MNIST, ResNet-20 teacher (`adadfq_fast/weights/resnet20_fashion_mnist.pt`), {budget}.",
              "Top-1 (%) on the real test images, final epoch, mean ± std over seeds (n = number of seeds). "
              "'vs faithful' is AdaDFQ's gain over the faithful run of the same seed (paired), mean ± std.", "",
              "| bits | Q's activation quantizer | FP teacher | calibration only | GDFQ | AdaDFQ | AdaDFQ - FP | "
-             "vs faithful | n |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "vs faithful | n (seeds) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for bits, label in sorted(summaries, key=lambda k: (k[0], k[1] != "faithful", k[1])):
         runs = summaries[(bits, label)]
         teacher, _ = _mean_std([s["teacher_acc"] for s in runs])
-        cells = []
-        for key, _ in COLUMNS:
-            m, s = _mean_std([r[key] for r in runs])
-            cells.append("n/a" if m is None else f"{m:.2f} ± {s:.2f}")
-        gap, gap_s = _mean_std([r["adadfq_acc"] - r["teacher_acc"] for r in runs if r["adadfq_acc"] is not None])
+        cells = [_cell([r[key] for r in runs]) for key, _ in COLUMNS]
+        gap = _cell([r["adadfq_acc"] - r["teacher_acc"] for r in runs if r["adadfq_acc"] is not None], signed=True)
         base = {r["config"]["seed"]: r["adadfq_acc"] for r in summaries.get((bits, "faithful"), [])}
         paired = [r["adadfq_acc"] - base[r["config"]["seed"]] for r in runs
                   if label != "faithful" and r["adadfq_acc"] is not None and base.get(r["config"]["seed"]) is not None]
-        pm, ps = _mean_std(paired)
-        lines.append(f"| W{bits}A{bits} | {label} | {teacher:.2f} | {' | '.join(cells)} | "
-                     f"{'n/a' if gap is None else f'{gap:+.2f} ± {gap_s:.2f}'} | "
-                     f"{'' if pm is None else f'{pm:+.2f} ± {ps:.2f} (n={len(paired)})'} | {len(runs)} |")
+        seeds = ",".join(str(r["config"]["seed"]) for r in runs)
+        lines.append(f"| W{bits}A{bits} | {label} | {teacher:.2f} | {' | '.join(cells)} | {gap} | "
+                     f"{_cell(paired, signed=True) if paired else ''} | {len(runs)} ({seeds}) |")
     return "\n".join(lines)
 
 

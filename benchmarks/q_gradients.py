@@ -88,24 +88,51 @@ def measure(bits: int, mode: str, args) -> dict:
                 clamped_share={n: statistics.fmean(v) for n, v in clamped.items()})
 
 
+def displacement(run_dir: str) -> dict:
+    """How far a finished `adadfq-fast quantize` run moved Q's AdaDFQ weights from P's (Q starts as P), per tensor
+    relative to P's norm, against what weight decay alone would move them: steps x lr x wd / (1 - momentum)
+    (the momentum's steady-state gain; an upper bound for a pull that keeps its direction)."""
+    from adadfq_fast.nn import load_q_checkpoint
+
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    run = summary["runs"]["adadfq"]
+    cfg = run["config"]
+    p_state = torch.load(summary["config"]["teacher_checkpoint"], map_location="cpu", weights_only=True)
+    p_state = p_state.get("state_dict", p_state)
+    q, _ = load_q_checkpoint(run["checkpoint"])
+    rel = {}
+    for k, v in q.state_dict().items():
+        if k in p_state and isinstance(v, torch.Tensor) and v.is_floating_point() and "running" not in k:
+            rel[k] = ((v - p_state[k]).norm() / p_state[k].norm().clamp_min(1e-12)).item()
+    steps = (cfg["epochs"] - cfg["warmup_epochs"]) * cfg["iters_per_epoch"]
+    wd_only = steps * cfg["q_lr"] * cfg["q_weight_decay"] / (1 - cfg["q_momentum"])
+    return dict(run=run_dir, bits=cfg["wbits"], fixes=", ".join(
+        f"{k}={cfg[k]}" for k, d in (("ste", "identity"), ("act_range_update", "faithful")) if cfg[k] != d)
+        or "faithful", seed=cfg["seed"], q_steps=steps, median=statistics.median(rel.values()),
+        max=max(rel.values()), max_param=max(rel, key=rel.get), wd_only=wd_only,
+        calib_acc=summary["calib_acc"], adadfq_acc=summary["adadfq_acc"])
+
+
 def _fmt(x, spec=".3g"):
     return "n/a" if x is None else format(x, spec)
 
 
-def build_md(cases, command) -> str:
+def build_md(cases, command, displacements=()) -> str:
     out = ["What reaches Q in AdaDFQ's game (main job's players: Fashion-MNIST ResNet-20, batch 16, SGD lr 1e-4, "
            "momentum 0.9, weight decay 1e-4), measured over the first game iterations after the warm-up.", ""]
     out += ["| bits | mode | L_Q mean (min..max) | L_Q - (-T^2 ln C) | median ‖g‖ / (wd ‖w‖) over tensors | "
-            "min..max | median lr ‖g‖/‖w‖ per step | mean share of activations above x_max |",
+            "min..max | median lr ‖g‖/‖w‖ per step | share of activations above x_max: mean, max over sites |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for c in cases:
         ratios = sorted(l["grad_over_wd"] for l in c["layers"] if l["grad_over_wd"] is not None)
         steps = sorted(l["rel_step"] for l in c["layers"] if l["rel_step"] is not None)
-        share = statistics.fmean(c["clamped_share"].values()) if c["clamped_share"] else None
+        shares = list(c["clamped_share"].values())
+        share = f"{statistics.fmean(shares):.2g}, {max(shares):.2g}" if shares else "n/a"
         out.append(f"| W{c['bits']}A{c['bits']} | {c['mode']} | {c['loss_q_mean']:.2f} ({c['loss_q_min']:.2f}.."
                    f"{c['loss_q_max']:.2f}) | {c['loss_q_mean'] - c['loss_floor']:.3g} | "
                    f"{statistics.median(ratios):.3g} | {ratios[0]:.3g}..{ratios[-1]:.3g} | "
-                   f"{statistics.median(steps):.2e} | {_fmt(share, '.2%')} |")
+                   f"{statistics.median(steps):.2e} | {share} |")
     for c in cases:
         out += ["", f"Per tensor, W{c['bits']}A{c['bits']} {c['mode']} ({c['iters']} iterations, seed {c['seed']}): "
                 "mean gradient norm ‖g‖, weight decay's term wd ‖w‖, their ratio.", "",
@@ -115,8 +142,17 @@ def build_md(cases, command) -> str:
                        f"{_fmt(l['grad_over_wd'])} |")
         out += ["", "Share of activations above the frozen x_max per site (their gradient passes the identity STE "
                 "unchanged, though the forward clamped them):", "",
-                ", ".join(f"{n.replace('features.', '').replace('.quant.0', '')} {v:.2%}"
+                ", ".join(f"{n.replace('features.', '').replace('.quant.0', '')} {v:.2g}"
                           for n, v in c["clamped_share"].items())]
+    if displacements:
+        out += ["", "How far the game moved Q from P (finished `adadfq-fast quantize` runs): ‖w_Q - w_P‖ / ‖w_P‖ per "
+                "tensor, against weight decay alone (steps x lr x wd / (1 - momentum)).", "",
+                "| run | bits | mode | Q steps | median over tensors | max (tensor) | weight decay alone | "
+                "calibration -> AdaDFQ top-1 |", "|---|---|---|---:|---:|---:|---:|---|"]
+        for d in displacements:
+            out.append(f"| {os.path.basename(d['run'])} | W{d['bits']}A{d['bits']} | {d['fixes']} | {d['q_steps']} | "
+                       f"{d['median']:.2e} | {d['max']:.2e} ({d['max_param']}) | {d['wd_only']:.1e} | "
+                       f"{d['calib_acc']:.2f} -> {d['adadfq_acc']:.2f} |")
     out += ["", f"Regenerate: `{command}`"]
     return "\n".join(out)
 
@@ -133,7 +169,24 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=os.path.join("runs", "q_gradients"))
     p.add_argument("--results", default=os.path.join(HERE, "results"))
+    p.add_argument("--md-only", action="store_true", help="only rewrite the .md from the existing .json")
+    p.add_argument("--displacement", nargs="+", default=None, metavar="RUN_DIR",
+                   help="add (to the existing .json/.md) how far finished quantize runs moved Q from P")
     args = p.parse_args(argv)
+    if args.md_only or args.displacement:
+        path = os.path.join(args.results, "q_gradients.json")
+        with open(path) as f:
+            saved = json.load(f)
+        if args.displacement:
+            saved["displacement"] = [displacement(d) for d in args.displacement]
+            saved["displacement_command"] = "python benchmarks/q_gradients.py " + " ".join(
+                sys.argv[1:] if argv is None else argv)
+            with open(path, "w") as f:
+                json.dump(saved, f, indent=1)
+        command = saved["command"] + ("`; `" + saved["displacement_command"] if saved.get("displacement") else "")
+        with open(os.path.join(args.results, "q_gradients.md"), "w") as f:
+            f.write(build_md(saved["cases"], command, saved.get("displacement", ())) + "\n")
+        return 0
     torch.set_num_threads(args.threads)
     cases = []
     for bits in args.bits:

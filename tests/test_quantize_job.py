@@ -184,13 +184,22 @@ def test_quantize_job_is_reproducible(tiny_fmnist, tmp_path):
 
 
 def test_quantize_job_defaults_to_w3a3_and_names_its_fixes(tiny_fmnist, tmp_path):
-    s = _tiny_job(tiny_fmnist, tmp_path, tmp_path / "fix", "--method", "adadfq", "--ste", "clipped")
+    from adadfq_fast.game.trainer import RangeNotConvergedWarning
+
+    s = _tiny_job(tiny_fmnist, tmp_path, tmp_path / "fix", "--method", "adadfq", "--ste", "clipped",
+                  "--act-range-update", "standard")
     assert s["config"]["wbits"] == 3 and s["config"]["abits"] == 3
-    assert s["runs"]["adadfq"]["config"]["ste"] == "clipped"
-    assert "opt-in fixes: ste=clipped" in (tmp_path / "fix" / "table.md").read_text()
-    s = _tiny_job(tiny_fmnist, tmp_path, tmp_path / "faithful", "--method", "adadfq")
+    cfg = s["runs"]["adadfq"]["config"]
+    assert cfg["ste"] == "clipped" and cfg["act_range_update"] == "standard"
+    table = (tmp_path / "fix" / "table.md").read_text()
+    assert "opt-in fixes: ste=clipped, act_range_update=standard" in table
+    assert s["runs"]["adadfq"]["act_range_ratio"] < 10 and "NOT converged" not in table
+    # Faithful EMA after a 2-iteration warm-up: blown ranges, a warning and a note in the table.
+    with pytest.warns(RangeNotConvergedWarning, match="act_range_update=standard"):
+        s = _tiny_job(tiny_fmnist, tmp_path, tmp_path / "faithful", "--method", "adadfq")
     assert s["runs"]["adadfq"]["config"]["ste"] == "identity"
-    assert "faithful quantizer" in (tmp_path / "faithful" / "table.md").read_text()
+    table = (tmp_path / "faithful" / "table.md").read_text()
+    assert "faithful quantizer" in table and "NOT converged" in table
 
 
 def _summary(**cfg):
