@@ -176,7 +176,11 @@ def main(argv=None) -> int:
         print(json.dumps(results[-1]["runtimes"], indent=1))
     recipe = (f"adadfq-fast quantize --method adadfq --bits B --epochs {args.epochs} --warmup-epochs "
               f"{args.warmup_epochs} --iters-per-epoch {args.iters_per_epoch} --seed {args.seed}")
-    data = {"command": "python benchmarks/onnx_agreement.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    given = list(argv if argv is not None else sys.argv[1:])
+    if "--work" in given:  # a local cache of the quantize runs: not part of the recipe
+        i = given.index("--work")
+        del given[i:i + 2]
+    data = {"command": " ".join(["python benchmarks/onnx_agreement.py"] + given),
             "q_recipe": recipe, "environment": _versions(), "results": results}
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "onnx_agreement.json"), "w") as f:
