@@ -148,6 +148,8 @@ def markdown(data: dict) -> str:
               + ", ".join(f"{k} {v}" for k, v in env.items()) + ".",
               f"Regenerate: `{data['command']}`. Where QDQ cannot express Q exactly: docs/integer_design.md, "
               "\"ONNX export\"."]
+    if data.get("note"):
+        lines += ["", data["note"]]
     return "\n".join(lines) + "\n"
 
 
@@ -162,6 +164,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="folder for the quantize runs (default: a temp dir)")
     p.add_argument("--results", default=os.path.join(HERE, "results"))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--note", default="", help="a line about the conditions of the run, copied into the results")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,7 +184,7 @@ def main(argv=None) -> int:
         i = given.index("--work")
         del given[i:i + 2]
     data = {"command": " ".join(["python benchmarks/onnx_agreement.py"] + given),
-            "q_recipe": recipe, "environment": _versions(), "results": results}
+            "q_recipe": recipe, "environment": _versions(), "results": results, "note": args.note}
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "onnx_agreement.json"), "w") as f:
         json.dump(data, f, indent=1)
