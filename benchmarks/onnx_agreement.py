@@ -148,6 +148,8 @@ def markdown(data: dict) -> str:
               + ", ".join(f"{k} {v}" for k, v in env.items()) + ".",
               f"Regenerate: `{data['command']}`. Where QDQ cannot express Q exactly: docs/integer_design.md, "
               "\"ONNX export\"."]
+    if data.get("note"):
+        lines += ["", data["note"]]
     return "\n".join(lines) + "\n"
 
 
@@ -162,6 +164,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="folder for the quantize runs (default: a temp dir)")
     p.add_argument("--results", default=os.path.join(HERE, "results"))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--note", default="", help="a line about the conditions of the run, copied into the results")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -176,8 +179,12 @@ def main(argv=None) -> int:
         print(json.dumps(results[-1]["runtimes"], indent=1))
     recipe = (f"adadfq-fast quantize --method adadfq --bits B --epochs {args.epochs} --warmup-epochs "
               f"{args.warmup_epochs} --iters-per-epoch {args.iters_per_epoch} --seed {args.seed}")
-    data = {"command": "python benchmarks/onnx_agreement.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "q_recipe": recipe, "environment": _versions(), "results": results}
+    given = list(argv if argv is not None else sys.argv[1:])
+    if "--work" in given:  # a local cache of the quantize runs: not part of the recipe
+        i = given.index("--work")
+        del given[i:i + 2]
+    data = {"command": " ".join(["python benchmarks/onnx_agreement.py"] + given),
+            "q_recipe": recipe, "environment": _versions(), "results": results, "note": args.note}
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "onnx_agreement.json"), "w") as f:
         json.dump(data, f, indent=1)

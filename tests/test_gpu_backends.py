@@ -161,13 +161,26 @@ def test_fake_quant_act_frozen(backend, dtype):
     assert got.stride() == x.stride()
 
 
-def test_fake_quant_act_nan_propagates(backend):
+def test_fake_quant_act_nan_propagates(backend, monkeypatch):
+    """On a GPU the NaN check of a range update reads device memory, so it runs only on request
+    (ADADFQ_CHECK_VALUES=1, tests/test_value_checks.py); without it the NaN enters the state, as in the original."""
+    monkeypatch.delenv("ADADFQ_CHECK_VALUES", raising=False)
     x = torch.randn(10_000, device="cuda")
     x[1234] = float("nan")
     state = adadfq_fast.new_act_state("cuda")
     on(backend, adadfq_fast.fake_quant_act, x, 4, state, 0.9, True)
     assert state[:2].isnan().all()
     assert state[2].item() == pytest.approx(0.9)
+
+
+def test_fake_quant_act_nan_checked_on_request(backend, monkeypatch):
+    monkeypatch.setenv("ADADFQ_CHECK_VALUES", "1")
+    x = torch.randn(10_000, device="cuda")
+    x[1234] = float("nan")
+    state = adadfq_fast.new_act_state("cuda")
+    with pytest.raises(ValueError, match="x: NaN or inf in the activation"):
+        on(backend, adadfq_fast.fake_quant_act, x, 4, state, 0.9, True)
+    assert torch.equal(state.cpu(), torch.tensor([0.0, 0.0, 1.0]))  # left unchanged
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.5, 0.99])
