@@ -64,7 +64,7 @@ def pinned_cores(threads: int) -> Iterator[Optional[list]]:
     if len(before) < threads:
         yield None
         return
-    cores = sorted(before)[-threads:]  # the last cores: core 0 takes most of the system's interrupts
+    cores = sorted(before)[:threads]
     os.sched_setaffinity(0, cores)
     try:
         yield sorted(os.sched_getaffinity(0))
