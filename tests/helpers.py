@@ -55,3 +55,17 @@ def import_triton_kernel(name: str):
         return importlib.import_module(f"adadfq_fast.kernels.{name}")
     except Exception as e:  # noqa: BLE001 - no usable Triton here: nothing to test
         pytest.skip(f"Triton kernels cannot be imported: {type(e).__name__}: {e}", allow_module_level=True)
+
+
+def run_gpu_compile_script(script: str) -> str:
+    """Run a Triton compile-for-sm_90 script without a GPU (in a subprocess, outside the interpreter); its stdout.
+    Skips where Triton's NVIDIA backend (ptxas) is missing; fails with the script's stderr otherwise."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0 and ("ptxas" in proc.stderr and "not found" in proc.stderr.lower()):
+        pytest.skip("Triton's NVIDIA backend (ptxas) is unavailable")
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-4000:]
+    return proc.stdout

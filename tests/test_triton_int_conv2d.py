@@ -15,7 +15,7 @@ import adadfq_fast  # noqa: E402
 from adadfq_fast import _backend  # noqa: E402
 from adadfq_fast import reference as ref  # noqa: E402
 
-from helpers import import_triton_kernel, triton_device  # noqa: E402
+from helpers import run_gpu_compile_script, import_triton_kernel, triton_device  # noqa: E402
 
 DEVICE = triton_device()
 mod = import_triton_kernel("int_conv2d")
@@ -291,12 +291,4 @@ print("ok")
 @pytest.mark.slow
 def test_gpu_compile_sm90():
     """Without a GPU: the GPU-sized kernels compile for sm_90 (int8 wgmma, no contracted FMA in the epilogue)."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _GPU_COMPILE_SCRIPT], capture_output=True, text=True, env=env,
-                          timeout=600)
-    if proc.returncode != 0 and ("ptxas" in proc.stderr and "not found" in proc.stderr.lower()):
-        pytest.skip("Triton's NVIDIA backend (ptxas) is unavailable")
-    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-4000:]
+    run_gpu_compile_script(_GPU_COMPILE_SCRIPT)

@@ -17,7 +17,7 @@ import adadfq_fast  # noqa: E402
 from adadfq_fast import _backend  # noqa: E402
 from adadfq_fast import reference as ref  # noqa: E402
 
-from helpers import import_triton_kernel, triton_device  # noqa: E402
+from helpers import run_gpu_compile_script, import_triton_kernel, triton_device  # noqa: E402
 
 DEVICE = triton_device()
 mod = import_triton_kernel("int_conv2d_tc")
@@ -72,7 +72,7 @@ def _run(*a, config=None, **kw):
 
 
 def test_registered_with_fallback_for_other_kernels():
-    assert _backend._KERNELS["int_conv2d"]["triton_tc"] is mod.int_conv2d
+    assert _backend.backend_kernel("int_conv2d", "triton_tc") is mod.int_conv2d
     assert _backend.why_unavailable("triton_tc", DEVICE) is None
     dev = torch.device(DEVICE)
     with adadfq_fast.use_backend("triton_tc"):
@@ -382,16 +382,8 @@ print("ok")
 @pytest.mark.slow
 def test_gpu_compile_sm90():
     """Without a GPU: the GPU tiles compile for sm_90 to int8 wgmma, with no contracted FMA in the epilogue."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", _GPU_COMPILE_SCRIPT], capture_output=True, text=True, env=env,
-                          timeout=600)
-    if proc.returncode != 0 and ("ptxas" in proc.stderr and "not found" in proc.stderr.lower()):
-        pytest.skip("Triton's NVIDIA backend (ptxas) is unavailable")
-    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-4000:]
-    print(proc.stdout)
+    stdout = run_gpu_compile_script(_GPU_COMPILE_SCRIPT)
+    print(stdout)
 
 
 def test_integer_model_end_to_end(monkeypatch):
