@@ -69,3 +69,19 @@ def run_gpu_compile_script(script: str) -> str:
         pytest.skip("Triton's NVIDIA backend (ptxas) is unavailable")
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-4000:]
     return proc.stdout
+
+
+def int_conv_weights(o: int, cg: int, kh: int, kw: int, bits: int, device="cpu"):
+    """int_conv2d test weights: int8 levels in [-2^(k-1), 2^(k-1)-1] with both extremes present, and int32 zero
+    points in [-(2^(k-1)-1), 2^(k-1)] (the spec's range for a channel whose lo <= 0 <= hi; for bits <= 7 every
+    q + z stays in int8)."""
+    half = 2 ** (bits - 1)
+    q = torch.randint(-half, half, (o, cg, kh, kw), dtype=torch.int8)
+    q.view(-1)[0], q.view(-1)[-1] = -half, half - 1
+    z = torch.randint(-(half - 1), half + 1, (o,), dtype=torch.int32)
+    return q.to(device), z.to(device)
+
+
+def int_conv_epilogue(o: int, device="cpu"):
+    """int_conv2d test epilogue: per-channel out_mult (small positive) and out_bias."""
+    return (torch.rand(o) * 0.02 + 1e-3).to(device), torch.randn(o).to(device)

@@ -15,7 +15,7 @@ import adadfq_fast  # noqa: E402
 from adadfq_fast import _backend  # noqa: E402
 from adadfq_fast import reference as ref  # noqa: E402
 
-from helpers import run_gpu_compile_script, import_triton_kernel, triton_device  # noqa: E402
+from helpers import int_conv_epilogue, int_conv_weights, run_gpu_compile_script, import_triton_kernel, triton_device  # noqa: E402
 
 DEVICE = triton_device()
 mod = import_triton_kernel("int_conv2d")
@@ -28,16 +28,11 @@ def _codes(shape, bits=8, offset=0):
 
 
 def _weights(o, cg, kh, kw, bits=8):
-    """Levels in [-2^(k-1), 2^(k-1)-1] with both extremes present; zero points in [-(2^(k-1)-1), 2^(k-1)]."""
-    half = 2 ** (bits - 1)
-    q = torch.randint(-half, half, (o, cg, kh, kw), dtype=torch.int8)
-    q.view(-1)[0], q.view(-1)[-1] = -half, half - 1
-    z = torch.randint(-(half - 1), half + 1, (o,), dtype=torch.int32)
-    return q.to(DEVICE), z.to(DEVICE)
+    return int_conv_weights(o, cg, kh, kw, bits, DEVICE)
 
 
 def _epilogue(o):
-    return (torch.rand(o) * 0.02 + 1e-3).to(DEVICE), torch.randn(o).to(DEVICE)
+    return int_conv_epilogue(o, DEVICE)
 
 
 def _run(x, q, z, stride, padding, dilation, groups, mult, bias, residual=None, residual_scale=1.0, relu=False,
