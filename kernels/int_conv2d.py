@@ -243,6 +243,15 @@ def _check_launch(x, weight, weight_zero, out_mult, out_bias, residual, groups, 
         raise ValueError(f"weight: {cg * kh * kw} taps per output exceed the int32 accumulator's bound ({MAX_K})")
 
 
+def conv_output_shape(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation) -> tuple:
+    """``(N, O, Ho, Wo)`` of a convolution of ``x`` [N, C, H, W] with ``weight`` [O, C/g, kh, kw]."""
+    n, _, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return (n, o, ho, wo)
+
+
 def int_conv2d(
     x: torch.Tensor, weight: torch.Tensor, weight_zero: torch.Tensor, stride: List[int], padding: List[int],
     dilation: List[int], groups: int, out_mult: torch.Tensor, out_bias: torch.Tensor,
@@ -254,9 +263,8 @@ def int_conv2d(
     sh, sw = stride
     ph, pw = padding
     dh, dw = dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    out_shape = (n, o, ho, wo)
+    out_shape = conv_output_shape(x, weight, stride, padding, dilation)
+    ho, wo = out_shape[2:]
     _check_launch(x, weight, weight_zero, out_mult, out_bias, residual, groups, out_shape)
     if not 0 <= out_bits <= 8 or out_bits == 1:
         raise ValueError(f"out_bits: expected 0 or 2..8, got {out_bits}")

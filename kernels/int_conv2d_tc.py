@@ -299,9 +299,8 @@ def int_conv2d(
     sh, sw = stride
     ph, pw = padding
     dh, dw = dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    out_shape = (n, o, ho, wo)
+    out_shape = _base.conv_output_shape(x, weight, stride, padding, dilation)
+    ho, wo = out_shape[2:]
     _base._check_launch(x, weight, weight_zero, out_mult, out_bias, residual, groups, out_shape)
     args = (x, weight, weight_zero, stride, padding, dilation, groups, out_mult, out_bias, residual,
             residual_scale, relu, out_bits, out_scale, out_zero)
