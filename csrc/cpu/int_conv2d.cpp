@@ -505,9 +505,10 @@ struct EpilogueConsts8 {
   __m256i out_zero_int;
 };
 
-// 8 channels (all valid) at element index e: the same float32 steps as epilogue_scalar (and epilogue_vec).
-inline void epilogue_vec8(const Epilogue& ep, const EpilogueConsts8& k, __m256i total, __m256 mult, __m256 bias,
-                          int64_t e) {
+// The float32 value of 8 channels (all valid) at element index e, before any rounding to codes: the same float32
+// steps as epilogue_scalar (and epilogue_vec).
+__attribute__((always_inline)) inline __m256 epilogue_value8(const Epilogue& ep, const EpilogueConsts8& k, __m256i total, __m256 mult, __m256 bias,
+                              int64_t e) {
   __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(total), mult), bias);
   if (ep.res_kind == 1) {
     y = _mm256_add_ps(y, _mm256_loadu_ps(ep.res_f + e));
@@ -515,42 +516,72 @@ inline void epilogue_vec8(const Epilogue& ep, const EpilogueConsts8& k, __m256i 
     const __m128i r8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(ep.res_u8 + e));
     y = _mm256_add_ps(y, _mm256_div_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r8)), k.res_scale));
   }
+  return y;
+}
+
+// Requantized codes of 8 values, as int32 in [0, 255]. As in epilogue_vec: ReLU is implied by the clamp
+// (out_zero >= 2^(k-1)); max(v, qmin) maps NaN to qmin.
+__attribute__((always_inline)) inline __m256i requant8(const EpilogueConsts8& k, __m256 y) {
+  __m256 v = _mm256_sub_ps(_mm256_mul_ps(k.out_scale, y), k.out_zero);
+  v = _mm256_min_ps(_mm256_max_ps(v, k.qmin), k.qmax);
+  return _mm256_add_epi32(_mm256_cvtps_epi32(v), k.out_zero_int);
+}
+
+// 8 channels (all valid) at element index e.
+__attribute__((always_inline)) inline void epilogue_vec8(const Epilogue& ep, const EpilogueConsts8& k, __m256i total, __m256 mult, __m256 bias,
+                          int64_t e) {
+  __m256 y = epilogue_value8(ep, k, total, mult, bias, e);
   if (ep.out_bits == 0) {
     if (ep.relu) y = _mm256_max_ps(_mm256_setzero_ps(), y);  // NaN and -0.0 pass, as in torch.relu
     _mm256_storeu_ps(ep.out_f + e, y);
     return;
   }
-  // As in epilogue_vec: ReLU is implied by the clamp (out_zero >= 2^(k-1)); max(v, qmin) maps NaN to qmin.
-  __m256 v = _mm256_sub_ps(_mm256_mul_ps(k.out_scale, y), k.out_zero);
-  v = _mm256_min_ps(_mm256_max_ps(v, k.qmin), k.qmax);
-  const __m256i codes = _mm256_add_epi32(_mm256_cvtps_epi32(v), k.out_zero_int);  // in [0, 255]
+  const __m256i codes = requant8(k, y);
   const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1));
   _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.out_u8 + e), _mm_packus_epi16(w16, w16));
+}
+
+// 16 channels (all valid) at element index e, codes out: the two halves narrowed and stored together (one
+// 16-byte store instead of two 8-byte ones, four narrowing steps instead of six).
+__attribute__((always_inline)) inline void epilogue_codes16(const Epilogue& ep, const EpilogueConsts8& k, __m256i total0, __m256i total1,
+                             const __m256 mult[2], const __m256 bias[2], int64_t e) {
+  const __m256i c0 = requant8(k, epilogue_value8(ep, k, total0, mult[0], bias[0], e));
+  const __m256i c1 = requant8(k, epilogue_value8(ep, k, total1, mult[1], bias[1], e + 8));
+  // packs: lane 0 = c0[0..3] c1[0..3], lane 1 = c0[4..7] c1[4..7] (int16); packus: the same order in bytes, in the
+  // low 8 bytes of each lane; the permutation gathers the 4-byte groups c0[0..3] c0[4..7] c1[0..3] c1[4..7].
+  const __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(c0, c1), _mm256_setzero_si256());
+  const __m256i ordered = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 3, 6, 7));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(ep.out_u8 + e), _mm256_castsi256_si128(ordered));
 }
 
 template <int P, bool SPLIT>
 void avx2_tile(const Tile& t, const Epilogue& ep) {
   constexpr int H = SPLIT ? 2 : 1;  // int16 sums per (pixel, ymm): the code itself, or its high and low nibble
   __m256i a16[P][2][H];
+  // int32 sums of the earlier flush intervals, in memory (the 16 ymm registers hold the int16 sums); most tiles
+  // of 4-bit layers never use them (all their steps fit one interval).
   alignas(32) int32_t a32[P][16];
+  bool widened = false;
 #pragma GCC unroll 8
-  for (int p = 0; p < P; ++p) {
+  for (int p = 0; p < P; ++p)
     for (int v = 0; v < 2; ++v)
       for (int h = 0; h < H; ++h) a16[p][v][h] = _mm256_setzero_si256();
-    for (int c = 0; c < 16; ++c) a32[p][c] = 0;
-  }
   const __m256i ones = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16), nibble = _mm256_set1_epi8(0x0F);
-  auto widen = [&]() {  // int16 sums -> int32 (adding each lane pair), int16 sums restart at 0
+  // int16 sums -> int32 (adding each lane pair: the VNNI sum).
+  auto int32_sum = [&](int p, int v) {
+    return SPLIT ? _mm256_add_epi32(_mm256_madd_epi16(a16[p][v][0], ones), _mm256_madd_epi16(a16[p][v][H - 1], sixteen))
+                 : _mm256_madd_epi16(a16[p][v][0], ones);
+  };
+  auto widen = [&]() {  // into a32; the int16 sums restart at 0
 #pragma GCC unroll 8
     for (int p = 0; p < P; ++p)
       for (int v = 0; v < 2; ++v) {
-        __m256i w = SPLIT ? _mm256_add_epi32(_mm256_madd_epi16(a16[p][v][0], ones),
-                                             _mm256_madd_epi16(a16[p][v][H - 1], sixteen))
-                          : _mm256_madd_epi16(a16[p][v][0], ones);
         __m256i* dst = reinterpret_cast<__m256i*>(a32[p] + 8 * v);
-        _mm256_store_si256(dst, _mm256_add_epi32(_mm256_load_si256(dst), w));
+        const __m256i w = int32_sum(p, v);
+        _mm256_store_si256(dst, widened ? _mm256_add_epi32(_mm256_load_si256(dst), w) : w);
         for (int h = 0; h < H; ++h) a16[p][v][h] = _mm256_setzero_si256();
       }
+    widened = true;
   };
   const int8_t* w = t.w;
   const int64_t ps = t.pix_stride, c4_end = t.C4 - t.skip_back;
@@ -560,10 +591,18 @@ void avx2_tile(const Tile& t, const Epilogue& ep) {
     w += t.skip_front * 64;
     int64_t c4 = t.skip_front;
     while (c4 < c4_end) {
+      if (left == 0) {
+        widen();
+        left = t.flush;
+      }
       const int64_t n = std::min(c4_end - c4, left);
       for (int64_t i = 0; i < n; ++i, w += 64, xt += 4) {
-        const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
-        const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32));
+        __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
+        __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32));
+        // Keep both weight vectors in registers: left alone, GCC folds them into every vpmaddubsw as a memory
+        // operand for P < 6, i.e. 2P + P loads per step, which bound the loop on Zen 3 (two 256-bit loads per
+        // cycle) instead of the multiplies.
+        asm("" : "+x"(w0), "+x"(w1));
 #pragma GCC unroll 8
         for (int p = 0; p < P; ++p) {
           int32_t four;
@@ -583,37 +622,46 @@ void avx2_tile(const Tile& t, const Epilogue& ep) {
       }
       c4 += n;
       left -= n;
-      if (left == 0) {
-        widen();
-        left = t.flush;
-      }
     }
     w += t.skip_back * 64;
   }
-  widen();
+  // The int32 totals of (pixel p, vector v): the last interval's sums straight from the registers.
+  auto total = [&](int p, int v) {
+    __m256i s = int32_sum(p, v);
+    if (widened) s = _mm256_add_epi32(s, _mm256_load_si256(reinterpret_cast<const __m256i*>(a32[p] + 8 * v)));
+    if (ep.has_box) {
+      const __m256i zeff = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.zeff + t.o0 + 8 * v));
+      s = _mm256_add_epi32(s, _mm256_mullo_epi32(zeff, _mm256_set1_epi32(t.box[p])));
+    }
+    return s;
+  };
   const Epilogue e = ep;  // a local copy, so its fields stay in registers across the output stores
   const EpilogueConsts8 k(e);
+  if (t.valid == 16 && e.out_bits != 0) {  // the common case: both vectors full, codes out
+    const __m256 mult[2] = {_mm256_loadu_ps(e.mult + t.o0), _mm256_loadu_ps(e.mult + t.o0 + 8)};
+    const __m256 bias[2] = {_mm256_loadu_ps(e.bias + t.o0), _mm256_loadu_ps(e.bias + t.o0 + 8)};
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) epilogue_codes16(e, k, total(p, 0), total(p, 1), mult, bias, t.e0 + p * t.out_stride);
+    return;
+  }
   for (int v = 0; v < 2; ++v) {
     const int lanes = std::min(8, t.valid - v * 8);
     if (lanes <= 0) break;
     const int64_t o = t.o0 + v * 8;
     if (lanes < 8) {  // a partial vector (channel counts that are not a multiple of 8): lane by lane
-      for (int p = 0; p < P; ++p)
+      for (int p = 0; p < P; ++p) {
+        alignas(32) int32_t sums[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(sums), int32_sum(p, v));
         for (int l = 0; l < lanes; ++l) {
-          const int32_t total = a32[p][8 * v + l] + (e.has_box ? e.zeff[o + l] * t.box[p] : 0);
-          epilogue_scalar(e, total, t.e0 + p * t.out_stride + v * 8 + l, o + l);
+          const int32_t tot = sums[l] + (widened ? a32[p][8 * v + l] : 0) + (e.has_box ? e.zeff[o + l] * t.box[p] : 0);
+          epilogue_scalar(e, tot, t.e0 + p * t.out_stride + v * 8 + l, o + l);
         }
+      }
       continue;
     }
     const __m256 mult = _mm256_loadu_ps(e.mult + o), bias = _mm256_loadu_ps(e.bias + o);
-    const __m256i zeff = e.has_box ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.zeff + o))
-                                   : _mm256_setzero_si256();
 #pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) {
-      __m256i total = _mm256_load_si256(reinterpret_cast<const __m256i*>(a32[p] + 8 * v));
-      if (e.has_box) total = _mm256_add_epi32(total, _mm256_mullo_epi32(zeff, _mm256_set1_epi32(t.box[p])));
-      epilogue_vec8(e, k, total, mult, bias, t.e0 + p * t.out_stride + v * 8);
-    }
+    for (int p = 0; p < P; ++p) epilogue_vec8(e, k, total(p, v), mult, bias, t.e0 + p * t.out_stride + v * 8);
   }
 }
 
@@ -697,7 +745,7 @@ void run_blocked(const Geometry& g, const Packed& pk, const uint8_t* xp, const I
   for (int64_t r = 0; r < runs; ++r) tap_off[r] = tap_pix[row_runs ? r * g.kw : r] * g.Cp;
   const TileKernels kernels = tile_kernels(pk, x_max);
   const int NB = pk.NB, maxP = kernels.maxP;
-  // Each output row is cut into near-equal tiles of at most maxP pixels. (Tiles of consecutive pixels across rows,
+  // Output rows are cut into tiles of at most maxP pixels (below). (Tiles of consecutive pixels across rows,
   // so that short rows still fill maxP pixels per weight load, were tried on 7x7 to 16x16 maps: level with row
   // tiles at 64+ channels and 3-8% slower at 32, at batch 1 to 256, through their per-pixel address registers.)
   const TileFn* fns = kernels.fns;
@@ -739,20 +787,51 @@ void run_blocked(const Geometry& g, const Packed& pk, const uint8_t* xp, const I
     s_hi = std::max<int64_t>(s_lo, std::min<int64_t>(g.kw, floor_div(g.W - 1 + g.pw - ow * g.sw, g.dw) + 1));
   };
   const int64_t col_c4 = g.Cg4 / 4;  // 4-channel steps per kernel column within a run
+  // Each output row is cut into near-equal tiles of at most maxP pixels, laid out once here (inner rows and, on a
+  // padded copy, the top and bottom border rows, which also cover the border columns); the loop below then has
+  // no integer divisions per row (they were ~8% of a 16-channel layer's time at batch 256).
+  struct Span {
+    int64_t ow0;
+    int P;
+  };
+  auto tiling = [&](int64_t ow_begin, int64_t ow_end) {
+    std::vector<Span> spans;
+    const int64_t width = ow_end - ow_begin, ntiles = (width + maxP - 1) / maxP;
+    for (int64_t k = 0, ow0 = ow_begin; k < ntiles; ++k) {
+      const int P = static_cast<int>(width / ntiles + (k < width % ntiles ? 1 : 0));
+      spans.push_back({ow0, P});
+      ow0 += P;
+    }
+    return spans;
+  };
+  const std::vector<Span> inner_spans = tiling(L, g.Wo - R), border_spans = direct ? inner_spans : tiling(0, g.Wo);
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> image(xp ? 0 : image_bytes);  // this thread's padded image (per-image mode)
     int64_t image_n = -1;
     int32_t box[16];
+    // The item's (chunk, group-block) pair, advanced by one per item (weight-major: chunk fastest).
+    const int64_t gbs = g.G * nob;
+    int64_t chunk = weight_major ? begin % chunks : begin / gbs, gb = weight_major ? begin / chunks : begin % gbs;
+    int64_t n = chunk / g.Ho, oh = chunk % g.Ho;
     for (int64_t it = begin; it < end; ++it) {
-      int64_t chunk, gb;
-      if (weight_major) {
-        gb = it / chunks;
-        chunk = it % chunks;
-      } else {
-        chunk = it / (g.G * nob);
-        gb = it % (g.G * nob);
+      if (it != begin) {
+        auto next_chunk = [&]() {
+          ++chunk;
+          if (++oh == g.Ho) oh = 0, ++n;
+        };
+        if (weight_major) {
+          if (chunk + 1 == chunks) {
+            chunk = n = oh = 0;
+            ++gb;
+          } else {
+            next_chunk();
+          }
+        } else if (++gb == gbs) {
+          gb = 0;
+          next_chunk();
+        }
       }
-      const int64_t gr = gb / nob, ob = gb % nob, n = chunk / g.Ho, oh = chunk % g.Ho;
+      const int64_t gr = g.G == 1 ? 0 : gb / nob, ob = gb - gr * nob;
       const uint8_t* xn = xp ? xp + n * image_bytes : image.data();  // (padded) image n
       if (!xp && n != image_n) {
         for (int64_t hp = 0; hp < g.Hp; ++hp) pad_row(*x_view, g, n, hp, image.data() + hp * g.Wp * g.Cp);
@@ -792,14 +871,7 @@ void run_blocked(const Geometry& g, const Packed& pk, const uint8_t* xp, const I
       t.w = w_block + r_lo * runs_per_row * run_c4 * NB * 64;
       t.skip_front = t.skip_back = 0;
       const bool inner = oh >= top && oh < bottom;
-      const int64_t ow_begin = inner || direct ? L : 0, ow_end = inner || direct ? g.Wo - R : g.Wo;
-      const int64_t ntiles = (ow_end - ow_begin + maxP - 1) / maxP;
-      for (int64_t k = 0, ow0 = ow_begin; k < ntiles; ++k) {
-        const int64_t width = ow_end - ow_begin;
-        const int P = static_cast<int>(width / ntiles + (k < width % ntiles ? 1 : 0));
-        run_tile(oh, ow0, P, g.sw, 1);
-        ow0 += P;
-      }
+      for (const Span& span : inner || direct ? inner_spans : border_spans) run_tile(oh, span.ow0, span.P, g.sw, 1);
       // Reading x directly: the border pixels of a top or bottom row, one at a time, skipping rows and columns.
       if (direct && !inner) {
         auto corner_tile = [&](int64_t ow) {
