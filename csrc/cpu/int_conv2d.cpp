@@ -506,17 +506,25 @@ struct EpilogueConsts8 {
 };
 
 // The float32 value of 8 channels (all valid) at element index e, before any rounding to codes: the same float32
-// steps as epilogue_scalar (and epilogue_vec).
-__attribute__((always_inline)) inline __m256 epilogue_value8(const Epilogue& ep, const EpilogueConsts8& k, __m256i total, __m256 mult, __m256 bias,
-                              int64_t e) {
+// steps as epilogue_scalar (and epilogue_vec), for residual kind RES (0 none, 1 float32, 2 uint8 codes).
+template <int RES>
+__attribute__((always_inline)) inline __m256 epilogue_value8(const Epilogue& ep, const EpilogueConsts8& k,
+                                                             __m256i total, __m256 mult, __m256 bias, int64_t e) {
   __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(total), mult), bias);
-  if (ep.res_kind == 1) {
+  if constexpr (RES == 1) {
     y = _mm256_add_ps(y, _mm256_loadu_ps(ep.res_f + e));
-  } else if (ep.res_kind == 2) {
+  } else if constexpr (RES == 2) {
     const __m128i r8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(ep.res_u8 + e));
     y = _mm256_add_ps(y, _mm256_div_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r8)), k.res_scale));
   }
   return y;
+}
+
+__attribute__((always_inline)) inline __m256 epilogue_value8(const Epilogue& ep, const EpilogueConsts8& k,
+                                                             __m256i total, __m256 mult, __m256 bias, int64_t e) {
+  if (ep.res_kind == 1) return epilogue_value8<1>(ep, k, total, mult, bias, e);
+  if (ep.res_kind == 2) return epilogue_value8<2>(ep, k, total, mult, bias, e);
+  return epilogue_value8<0>(ep, k, total, mult, bias, e);
 }
 
 // Requantized codes of 8 values, as int32 in [0, 255]. As in epilogue_vec: ReLU is implied by the clamp
@@ -541,20 +549,43 @@ __attribute__((always_inline)) inline void epilogue_vec8(const Epilogue& ep, con
   _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.out_u8 + e), _mm_packus_epi16(w16, w16));
 }
 
-// 16 channels (all valid) at element index e, codes out: the two halves narrowed and stored together (one
-// 16-byte store instead of two 8-byte ones, four narrowing steps instead of six).
-__attribute__((always_inline)) inline void epilogue_codes16(const Epilogue& ep, const EpilogueConsts8& k, __m256i total0, __m256i total1,
-                             const __m256 mult[2], const __m256 bias[2], int64_t e) {
-  const __m256i c0 = requant8(k, epilogue_value8(ep, k, total0, mult[0], bias[0], e));
-  const __m256i c1 = requant8(k, epilogue_value8(ep, k, total1, mult[1], bias[1], e + 8));
-  // packs: lane 0 = c0[0..3] c1[0..3], lane 1 = c0[4..7] c1[4..7] (int16); packus: the same order in bytes, in the
-  // low 8 bytes of each lane; the permutation gathers the 4-byte groups c0[0..3] c0[4..7] c1[0..3] c1[4..7].
-  const __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(c0, c1), _mm256_setzero_si256());
-  const __m256i ordered = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 3, 6, 7));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(ep.out_u8 + e), _mm256_castsi256_si128(ordered));
+// The P pixels of a full 16-channel block (total(p, v): the int32 totals of pixel p, channels 8v..8v+7), for
+// residual kind RES and codes (CODES) or float32 out. Specialized, so that each tile takes one switch
+// (avx2_tile) instead of a branch per pixel and vector on the residual and output kinds.
+template <int RES, bool CODES, int P, typename Total>
+__attribute__((always_inline)) inline void epilogue_block16(const Tile& t, const Epilogue& e, const EpilogueConsts8& k,
+                                                            const Total& total) {
+  const __m256 mult0 = _mm256_loadu_ps(e.mult + t.o0), mult1 = _mm256_loadu_ps(e.mult + t.o0 + 8);
+  const __m256 bias0 = _mm256_loadu_ps(e.bias + t.o0), bias1 = _mm256_loadu_ps(e.bias + t.o0 + 8);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 3, 6, 7);
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p) {
+    const int64_t idx = t.e0 + p * t.out_stride;
+    __m256 y0 = epilogue_value8<RES>(e, k, total(p, 0), mult0, bias0, idx);
+    __m256 y1 = epilogue_value8<RES>(e, k, total(p, 1), mult1, bias1, idx + 8);
+    if constexpr (CODES) {
+      // packs: lane 0 = c0[0..3] c1[0..3], lane 1 = c0[4..7] c1[4..7] (int16); packus: the same order in bytes, in
+      // the low 8 bytes of each lane; the permutation gathers the 4-byte groups c0[0..3] c0[4..7] c1[0..3] c1[4..7]
+      // (one 16-byte store instead of two 8-byte ones, four narrowing steps instead of six).
+      const __m256i c = _mm256_packs_epi32(requant8(k, y0), requant8(k, y1));
+      const __m256i b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(c, _mm256_setzero_si256()), order);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(e.out_u8 + idx), _mm256_castsi256_si128(b));
+    } else {
+      if (e.relu) {  // NaN and -0.0 pass, as in torch.relu
+        y0 = _mm256_max_ps(_mm256_setzero_ps(), y0);
+        y1 = _mm256_max_ps(_mm256_setzero_ps(), y1);
+      }
+      _mm256_storeu_ps(e.out_f + idx, y0);
+      _mm256_storeu_ps(e.out_f + idx + 8, y1);
+    }
+  }
 }
 
-template <int P, bool SPLIT>
+// ONE: every step of the tile fits one int16 interval (t.flush), the common case of 4-bit layers; its loop has
+// no interval bookkeeping and no int32 buffer, which leaves the int16 sums in registers from the first step to the
+// epilogue (with both paths in one function, GCC moved them through the stack at the start and the end of every
+// tile).
+template <int P, bool SPLIT, bool ONE>
 void avx2_tile(const Tile& t, const Epilogue& ep) {
   constexpr int H = SPLIT ? 2 : 1;  // int16 sums per (pixel, ymm): the code itself, or its high and low nibble
   __m256i a16[P][2][H];
@@ -568,7 +599,7 @@ void avx2_tile(const Tile& t, const Epilogue& ep) {
       for (int h = 0; h < H; ++h) a16[p][v][h] = _mm256_setzero_si256();
   const __m256i ones = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16), nibble = _mm256_set1_epi8(0x0F);
   // int16 sums -> int32 (adding each lane pair: the VNNI sum).
-  auto int32_sum = [&](int p, int v) {
+  auto int32_sum = [&](int p, int v) __attribute__((always_inline)) {
     return SPLIT ? _mm256_add_epi32(_mm256_madd_epi16(a16[p][v][0], ones), _mm256_madd_epi16(a16[p][v][H - 1], sixteen))
                  : _mm256_madd_epi16(a16[p][v][0], ones);
   };
@@ -585,50 +616,62 @@ void avx2_tile(const Tile& t, const Epilogue& ep) {
   };
   const int8_t* w = t.w;
   const int64_t ps = t.pix_stride, c4_end = t.C4 - t.skip_back;
-  int64_t left = t.flush;  // steps that may still be added in int16
-  for (int64_t tap = 0; tap < t.T; ++tap) {
-    const uint8_t* xt = t.x + t.tap_off[tap] + t.skip_front * 4;
-    w += t.skip_front * 64;
-    int64_t c4 = t.skip_front;
-    while (c4 < c4_end) {
-      if (left == 0) {
-        widen();
-        left = t.flush;
-      }
-      const int64_t n = std::min(c4_end - c4, left);
-      for (int64_t i = 0; i < n; ++i, w += 64, xt += 4) {
-        __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
-        __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32));
-        // Keep both weight vectors in registers: left alone, GCC folds them into every vpmaddubsw as a memory
-        // operand for P < 6, i.e. 2P + P loads per step, which bound the loop on Zen 3 (two 256-bit loads per
-        // cycle) instead of the multiplies.
-        asm("" : "+x"(w0), "+x"(w1));
+  // One step: 4 channels of every pixel's window times the block's 16 channels.
+  auto step = [&](const uint8_t* xt) __attribute__((always_inline)) {
+    __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
+    __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32));
+    // Keep both weight vectors in registers: left alone, GCC folds them into every vpmaddubsw as a memory
+    // operand for P < 6, i.e. 2P + P loads per step, which bound the loop on Zen 3 (two 256-bit loads per
+    // cycle) instead of the multiplies.
+    asm("" : "+x"(w0), "+x"(w1));
 #pragma GCC unroll 8
-        for (int p = 0; p < P; ++p) {
-          int32_t four;
-          std::memcpy(&four, xt + p * ps, 4);
-          const __m256i xv = _mm256_set1_epi32(four);
-          if constexpr (SPLIT) {
-            const __m256i lo = _mm256_and_si256(xv, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(xv, 4), nibble);
-            a16[p][0][0] = _mm256_add_epi16(a16[p][0][0], _mm256_maddubs_epi16(lo, w0));
-            a16[p][1][0] = _mm256_add_epi16(a16[p][1][0], _mm256_maddubs_epi16(lo, w1));
-            a16[p][0][H - 1] = _mm256_add_epi16(a16[p][0][H - 1], _mm256_maddubs_epi16(hi, w0));
-            a16[p][1][H - 1] = _mm256_add_epi16(a16[p][1][H - 1], _mm256_maddubs_epi16(hi, w1));
-          } else {
-            a16[p][0][0] = _mm256_add_epi16(a16[p][0][0], _mm256_maddubs_epi16(xv, w0));
-            a16[p][1][0] = _mm256_add_epi16(a16[p][1][0], _mm256_maddubs_epi16(xv, w1));
-          }
-        }
+    for (int p = 0; p < P; ++p) {
+      int32_t four;
+      std::memcpy(&four, xt + p * ps, 4);
+      const __m256i xv = _mm256_set1_epi32(four);
+      if constexpr (SPLIT) {
+        const __m256i lo = _mm256_and_si256(xv, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(xv, 4), nibble);
+        a16[p][0][0] = _mm256_add_epi16(a16[p][0][0], _mm256_maddubs_epi16(lo, w0));
+        a16[p][1][0] = _mm256_add_epi16(a16[p][1][0], _mm256_maddubs_epi16(lo, w1));
+        a16[p][0][H - 1] = _mm256_add_epi16(a16[p][0][H - 1], _mm256_maddubs_epi16(hi, w0));
+        a16[p][1][H - 1] = _mm256_add_epi16(a16[p][1][H - 1], _mm256_maddubs_epi16(hi, w1));
+      } else {
+        a16[p][0][0] = _mm256_add_epi16(a16[p][0][0], _mm256_maddubs_epi16(xv, w0));
+        a16[p][1][0] = _mm256_add_epi16(a16[p][1][0], _mm256_maddubs_epi16(xv, w1));
       }
-      c4 += n;
-      left -= n;
     }
-    w += t.skip_back * 64;
+    w += 64;
+  };
+  if constexpr (ONE) {
+    for (int64_t tap = 0; tap < t.T; ++tap) {
+      const uint8_t* xt = t.x + t.tap_off[tap];
+      w += t.skip_front * 64;
+      for (int64_t c4 = t.skip_front; c4 < c4_end; ++c4) step(xt + c4 * 4);
+      w += t.skip_back * 64;
+    }
+  } else {
+    int64_t left = t.flush;  // steps that may still be added in int16
+    for (int64_t tap = 0; tap < t.T; ++tap) {
+      const uint8_t* xt = t.x + t.tap_off[tap];
+      w += t.skip_front * 64;
+      int64_t c4 = t.skip_front;
+      while (c4 < c4_end) {
+        if (left == 0) {
+          widen();
+          left = t.flush;
+        }
+        const int64_t n = std::min(c4_end - c4, left);
+        for (int64_t i = 0; i < n; ++i, ++c4) step(xt + c4 * 4);
+        left -= n;
+      }
+      w += t.skip_back * 64;
+    }
   }
-  // The int32 totals of (pixel p, vector v): the last interval's sums straight from the registers.
-  auto total = [&](int p, int v) {
+  // The int32 totals of (pixel p, vector v): the last interval's sums straight from the registers. (Inlined by
+  // force: called out of line, it takes the int16 sums by reference, which moves them to memory for the whole loop.)
+  auto total = [&](int p, int v) __attribute__((always_inline)) {
     __m256i s = int32_sum(p, v);
-    if (widened) s = _mm256_add_epi32(s, _mm256_load_si256(reinterpret_cast<const __m256i*>(a32[p] + 8 * v)));
+    if (!ONE && widened) s = _mm256_add_epi32(s, _mm256_load_si256(reinterpret_cast<const __m256i*>(a32[p] + 8 * v)));
     if (ep.has_box) {
       const __m256i zeff = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.zeff + t.o0 + 8 * v));
       s = _mm256_add_epi32(s, _mm256_mullo_epi32(zeff, _mm256_set1_epi32(t.box[p])));
@@ -637,12 +680,15 @@ void avx2_tile(const Tile& t, const Epilogue& ep) {
   };
   const Epilogue e = ep;  // a local copy, so its fields stay in registers across the output stores
   const EpilogueConsts8 k(e);
-  if (t.valid == 16 && e.out_bits != 0) {  // the common case: both vectors full, codes out
-    const __m256 mult[2] = {_mm256_loadu_ps(e.mult + t.o0), _mm256_loadu_ps(e.mult + t.o0 + 8)};
-    const __m256 bias[2] = {_mm256_loadu_ps(e.bias + t.o0), _mm256_loadu_ps(e.bias + t.o0 + 8)};
-#pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) epilogue_codes16(e, k, total(p, 0), total(p, 1), mult, bias, t.e0 + p * t.out_stride);
-    return;
+  if (t.valid == 16) {  // the common case: both vectors full
+    switch (e.res_kind * 2 + (e.out_bits != 0)) {
+      case 0: return epilogue_block16<0, false, P>(t, e, k, total);
+      case 1: return epilogue_block16<0, true, P>(t, e, k, total);
+      case 2: return epilogue_block16<1, false, P>(t, e, k, total);
+      case 3: return epilogue_block16<1, true, P>(t, e, k, total);
+      case 4: return epilogue_block16<2, false, P>(t, e, k, total);
+      default: return epilogue_block16<2, true, P>(t, e, k, total);
+    }
   }
   for (int v = 0; v < 2; ++v) {
     const int lanes = std::min(8, t.valid - v * 8);
@@ -653,7 +699,7 @@ void avx2_tile(const Tile& t, const Epilogue& ep) {
         alignas(32) int32_t sums[8];
         _mm256_store_si256(reinterpret_cast<__m256i*>(sums), int32_sum(p, v));
         for (int l = 0; l < lanes; ++l) {
-          const int32_t tot = sums[l] + (widened ? a32[p][8 * v + l] : 0) + (e.has_box ? e.zeff[o + l] * t.box[p] : 0);
+          const int32_t tot = sums[l] + (!ONE && widened ? a32[p][8 * v + l] : 0) + (e.has_box ? e.zeff[o + l] * t.box[p] : 0);
           epilogue_scalar(e, tot, t.e0 + p * t.out_stride + v * 8 + l, o + l);
         }
       }
@@ -669,15 +715,18 @@ void avx2_tile(const Tile& t, const Epilogue& ep) {
 // split tiles 4P sums plus the nibble temporaries.
 constexpr int kMaxPAvx2 = 6, kMaxPAvx2Split = 3;
 
-template <bool SPLIT, int... Ps>
+template <bool SPLIT, bool ONE, int... Ps>
 constexpr std::array<TileFn, sizeof...(Ps)> avx2_tile_table(std::integer_sequence<int, Ps...>) {
-  return {&avx2_tile<Ps + 1, SPLIT>...};
+  return {&avx2_tile<Ps + 1, SPLIT, ONE>...};
 }
 
-const TileFn* avx2_tile_fns(bool split) {
-  static const auto direct = avx2_tile_table<false>(std::make_integer_sequence<int, kMaxPAvx2>{});
-  static const auto nibbles = avx2_tile_table<true>(std::make_integer_sequence<int, kMaxPAvx2Split>{});
-  return split ? nibbles.data() : direct.data();
+const TileFn* avx2_tile_fns(bool split, bool one_interval) {
+  static const auto direct = avx2_tile_table<false, false>(std::make_integer_sequence<int, kMaxPAvx2>{});
+  static const auto direct_one = avx2_tile_table<false, true>(std::make_integer_sequence<int, kMaxPAvx2>{});
+  static const auto nibbles = avx2_tile_table<true, false>(std::make_integer_sequence<int, kMaxPAvx2Split>{});
+  static const auto nibbles_one = avx2_tile_table<true, true>(std::make_integer_sequence<int, kMaxPAvx2Split>{});
+  if (split) return one_interval ? nibbles_one.data() : nibbles.data();
+  return one_interval ? direct_one.data() : direct.data();
 }
 
 // Largest code of x (uint8, any strides): bounds the AVX2 kernel's int16 sums.
@@ -710,9 +759,13 @@ TileKernels tile_kernels(const Packed& pk, int x_max) {
 #if defined(ADADFQ_INT_AVX2)
   const int64_t mw = pk.max_abs_w, mx = x_max;
   const int64_t pair = 2 * mx * mw;  // bound of one step's int16 lane (a pair of products)
-  if (pair <= 32767) return {avx2_tile_fns(false), kMaxPAvx2, pair ? 32767 / pair : (int64_t{1} << 40)};
+  // pk.K4 steps: a whole window, the most any tile takes (tiles that skip padding take fewer).
+  if (pair <= 32767) {
+    const int64_t flush = pair ? 32767 / pair : (int64_t{1} << 40);
+    return {avx2_tile_fns(false, pk.K4 <= flush), kMaxPAvx2, flush};
+  }
   const int64_t nib = 2 * std::max<int64_t>(std::min<int64_t>(mx, 15), mx >> 4) * mw;  // <= 2 * 15 * 128
-  return {avx2_tile_fns(true), kMaxPAvx2Split, 32767 / nib};
+  return {avx2_tile_fns(true, pk.K4 <= 32767 / nib), kMaxPAvx2Split, 32767 / nib};
 #else
   (void)x_max;
   TORCH_CHECK(false, "int_conv2d: no blocked kernel for this ISA");
