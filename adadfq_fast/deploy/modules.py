@@ -479,6 +479,15 @@ class IntegerModel(nn.Module):
             raise ValueError(f"x: the model takes {self.in_channels} input channels, got {x.shape[1]}")
 
     def forward(self, x: Tensor) -> Tensor:
+        program = self._program
+        # The native program's path in as few Python steps as possible: a plain float32 CPU image batch of the
+        # right channel count, no dispatch mode active, the cpp backend in charge. (Right after the previous call's
+        # native work, each Python step runs on cold caches: the general checks below cost ~30 us of a 0.4 ms
+        # forward at batch 1, these ~15.) A traced or compiled call sees a tensor subclass and takes the general path.
+        if (program is not None and type(x) is torch.Tensor and x.dtype == torch.float32 and x.is_cpu
+                and x.dim() == 4 and (self.in_channels is None or x.shape[1] == self.in_channels)
+                and torch._C._len_torch_dispatch_stack() == 0 and _backend.resolve("int_conv2d", x.device) == "cpp"):
+            return program.run(x)  # lays the image out for its first conv itself (first_conv_layout)
         self._check_input(x)
         # channels_last: the integer kernels take codes in it, and the float first conv is much faster in it
         # (oneDNN's NHWC path; same values as NCHW, which the tests check through the first layer's codes).
