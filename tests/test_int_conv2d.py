@@ -280,11 +280,16 @@ def test_bit_exact_bits(backend_order, bits):
 @pytest.mark.parametrize("residual_kind", ["none", "float", "codes"])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("requant", [False, True])
-def test_bit_exact_epilogue(backend_order, residual_kind, relu, requant):
-    x = _codes((2, 32, 8, 8), 4).contiguous(memory_format=torch.channels_last)
-    q, z = _weights(32, 32, 3, 3, 4)
+@pytest.mark.parametrize("channels", [32, 64])
+def test_bit_exact_epilogue(backend_order, residual_kind, relu, requant, channels):
+    """Every epilogue kind. 32 input channels: a window of 72 four-channel steps, one int16 interval of the AVX2
+    kernel; 64: 144 steps with an interval of 72 (|q + z| = 15 forced), so its tiles widen to int32 midway."""
+    x = _codes((2, channels, 8, 9), 4).contiguous(memory_format=torch.channels_last)
+    q, z = _weights(32, channels, 3, 3, 4)
+    if channels == 64:
+        q[0, 0, 0, 1], z[0] = -8, -7  # interval: 32767 // (2 * 15 * 15) = 72 steps
     ep = _epilogue_args(32)
-    out_shape = (2, 32, 8, 8)
+    out_shape = (2, 32, 8, 9)
     residual = {"none": None, "float": torch.randn(out_shape) * 2,
                 "codes": torch.randint(0, 16, out_shape, dtype=torch.uint8)}[residual_kind]
     kw = dict(residual=residual, residual_scale=3.7, relu=relu, out_bits=4 if requant else 0, out_scale=5.5,
@@ -294,23 +299,6 @@ def test_bit_exact_epilogue(backend_order, residual_kind, relu, requant):
     if residual is not None:  # a residual in the other memory format gives the same values
         kw["residual"] = residual.contiguous(memory_format=torch.channels_last)
         assert torch.equal(_call(x, q, z, 1, 1, **ep, **kw), out)
-
-
-@pytest.mark.parametrize("residual_kind", ["none", "float", "codes"])
-@pytest.mark.parametrize("requant", [False, True])
-def test_bit_exact_epilogue_long_reduction(backend_order, residual_kind, requant):
-    """A window of 576 products (144 four-channel steps) at W4A4: more steps than one int16 interval of the AVX2
-    kernel (72 at these ranges), so its tiles widen to int32 midway; the other epilogue tests fit one interval."""
-    x = _codes((2, 64, 7, 9), 4).contiguous(memory_format=torch.channels_last)
-    q, z = _weights(32, 64, 3, 3, 4)
-    q[0, 0, 0, 1], z[0] = -8, -7  # |q + z| = 15: an interval of 32767 // (2 * 15 * 15) = 72 steps
-    ep = _epilogue_args(32)
-    out_shape = (2, 32, 7, 9)
-    residual = {"none": None, "float": torch.randn(out_shape) * 2,
-                "codes": torch.randint(0, 16, out_shape, dtype=torch.uint8)}[residual_kind]
-    kw = dict(residual=residual, residual_scale=2.9, relu=True, out_bits=4 if requant else 0, out_scale=4.5,
-              out_zero=8.0 if requant else 0.0)
-    assert torch.equal(_call(x, q, z, 1, 1, **ep, **kw), _ref(x, q, z, 1, 1, **ep, **kw))
 
 
 def test_non_contiguous_inputs(int_backend):
