@@ -74,6 +74,31 @@ def test_not_used_on_other_backends(models, monkeypatch):
     assert torch.equal(a, b)
 
 
+def test_dispatch_modes_and_other_inputs_take_the_runners(models, monkeypatch):
+    """The program is only for plain float32 CPU batches outside any dispatch mode: under a TorchDispatchMode the
+    forward goes through the custom ops (which the mode sees), a float64 batch through the general checks, a wrong
+    channel count to their error; the answers do not change."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    im = models[(1, 28, 4)]
+    x = torch.randn(2, 1, 28, 28)
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad():
+        want = im(x)
+        with Record():
+            got = im(x)
+        assert torch.equal(got, want) and any("int_conv2d" in f for f in seen)
+        assert torch.equal(im(x.double()), want)
+        with pytest.raises(ValueError, match="input channels"):
+            im(torch.randn(2, 3, 28, 28))
+
+
 def test_copies_rebuild_the_program(models):
     im = models[(1, 28, 4)]
     clone = copy.deepcopy(im)
