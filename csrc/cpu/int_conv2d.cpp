@@ -536,8 +536,8 @@ __attribute__((always_inline)) inline __m256i requant8(const EpilogueConsts8& k,
 }
 
 // 8 channels (all valid) at element index e.
-__attribute__((always_inline)) inline void epilogue_vec8(const Epilogue& ep, const EpilogueConsts8& k, __m256i total, __m256 mult, __m256 bias,
-                          int64_t e) {
+__attribute__((always_inline)) inline void epilogue_vec8(const Epilogue& ep, const EpilogueConsts8& k, __m256i total,
+                                                          __m256 mult, __m256 bias, int64_t e) {
   __m256 y = epilogue_value8(ep, k, total, mult, bias, e);
   if (ep.out_bits == 0) {
     if (ep.relu) y = _mm256_max_ps(_mm256_setzero_ps(), y);  // NaN and -0.0 pass, as in torch.relu
@@ -571,12 +571,14 @@ __attribute__((always_inline)) inline void epilogue_block16(const Tile& t, const
   if constexpr (RES == 1) {
 #pragma GCC unroll 16
     for (int i = 0; i < 2 * P; ++i)
-      y[i / 2][i % 2] = _mm256_add_ps(y[i / 2][i % 2], _mm256_loadu_ps(e.res_f + t.e0 + (i / 2) * t.out_stride + 8 * (i % 2)));
+      y[i / 2][i % 2] =
+          _mm256_add_ps(y[i / 2][i % 2], _mm256_loadu_ps(e.res_f + t.e0 + (i / 2) * t.out_stride + 8 * (i % 2)));
   } else if constexpr (RES == 2) {
     __m256 r[P][2];
 #pragma GCC unroll 16
     for (int i = 0; i < 2 * P; ++i) {
-      const __m128i r8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(e.res_u8 + t.e0 + (i / 2) * t.out_stride + 8 * (i % 2)));
+      const uint8_t* codes = e.res_u8 + t.e0 + (i / 2) * t.out_stride + 8 * (i % 2);
+      const __m128i r8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes));
       r[i / 2][i % 2] = _mm256_div_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r8)), k.res_scale);
     }
 #pragma GCC unroll 16
@@ -735,7 +737,8 @@ void avx2_tile(const Tile& t, const Epilogue& ep) {
         alignas(32) int32_t sums[8];
         _mm256_store_si256(reinterpret_cast<__m256i*>(sums), int32_sum(p, v));
         for (int l = 0; l < lanes; ++l) {
-          const int32_t tot = sums[l] + (!ONE && widened ? a32[p][8 * v + l] : 0) + (e.has_box ? e.zeff[o + l] * t.box[p] : 0);
+          const int32_t tot =
+              sums[l] + (!ONE && widened ? a32[p][8 * v + l] : 0) + (e.has_box ? e.zeff[o + l] * t.box[p] : 0);
           epilogue_scalar(e, tot, t.e0 + p * t.out_stride + v * 8 + l, o + l);
         }
       }
