@@ -478,23 +478,26 @@ class IntegerModel(nn.Module):
         if self.in_channels is not None and x.shape[1] != self.in_channels:
             raise ValueError(f"x: the model takes {self.in_channels} input channels, got {x.shape[1]}")
 
-    def forward(self, x: Tensor) -> Tensor:
-        program = self._program
-        # The native program's path in as few Python steps as possible: a plain float32 CPU image batch of the
-        # right channel count, no dispatch mode active, the cpp backend in charge. (Right after the previous call's
-        # native work, each Python step runs on cold caches: the general checks below cost ~30 us of a 0.4 ms
-        # forward at batch 1, these ~15.) A traced or compiled call sees a tensor subclass and takes the general path.
-        if (program is not None and type(x) is torch.Tensor and x.dtype == torch.float32 and x.is_cpu
+    def _runs_program(self, x: Tensor) -> bool:
+        """Whether the native program computes the forward of ``x``: a plain float32 CPU image batch of the right
+        channel count, no dispatch mode active, the cpp backend in charge. A traced or compiled call sees a tensor
+        subclass, and anything else takes the layer runners. Cheap on purpose: right after the previous call's native
+        work, each Python step runs on cold caches (the general checks cost ~30 us of a 0.4 ms forward at batch 1,
+        this ~15)."""
+        return (self._program is not None and type(x) is torch.Tensor and x.dtype == torch.float32 and x.is_cpu
                 and x.dim() == 4 and (self.in_channels is None or x.shape[1] == self.in_channels)
-                and torch._C._len_torch_dispatch_stack() == 0 and _backend.resolve("int_conv2d", x.device) == "cpp"):
-            return program.run(x)  # lays the image out for its first conv itself (first_conv_layout)
+                and torch._C._len_torch_dispatch_stack() == 0 and _backend.resolve("int_conv2d", x.device) == "cpp")
+
+    def forward(self, x: Tensor) -> Tensor:
+        # The program lays the image out for its first conv itself (first_conv_layout in int_program.cpp).
+        if self._runs_program(x):
+            return self._program.run(x)
         self._check_input(x)
+        x = x.to(torch.float32)
+        if self._runs_program(x):  # e.g. a float64 batch
+            return self._program.run(x)
         # channels_last: the integer kernels take codes in it, and the float first conv is much faster in it
         # (oneDNN's NHWC path; same values as NCHW, which the tests check through the first layer's codes).
-        x = x.to(torch.float32)
-        if (self._program is not None and x.device.type == "cpu" and not use_custom_op(x)
-                and _backend.resolve("int_conv2d", x.device) == "cpp"):
-            return self._program.run(x)  # lays the image out for its first conv itself (first_conv_layout)
         x = x.contiguous(memory_format=torch.channels_last)
         kernel = _public_int_conv2d if use_custom_op(x) else self.conv_kernel(x.device)
         regs: List[Optional[Tensor]] = [None] * self.num_registers

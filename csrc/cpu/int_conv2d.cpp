@@ -505,46 +505,26 @@ struct EpilogueConsts8 {
   __m256i out_zero_int;
 };
 
-// The float32 value of 8 channels (all valid) at element index e, before any rounding to codes: the same float32
-// steps as epilogue_scalar (and epilogue_vec), for residual kind RES (0 none, 1 float32, 2 uint8 codes).
-template <int RES>
-__attribute__((always_inline)) inline __m256 epilogue_value8(const Epilogue& ep, const EpilogueConsts8& k,
-                                                             __m256i total, __m256 mult, __m256 bias, int64_t e) {
+// 8 channels (all valid) at element index e: the same float32 steps as epilogue_scalar (and epilogue_vec). Tiles
+// whose block is full take epilogue_block16 instead, the same steps staged across the tile.
+inline void epilogue_vec8(const Epilogue& ep, const EpilogueConsts8& k, __m256i total, __m256 mult, __m256 bias,
+                          int64_t e) {
   __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(total), mult), bias);
-  if constexpr (RES == 1) {
+  if (ep.res_kind == 1) {
     y = _mm256_add_ps(y, _mm256_loadu_ps(ep.res_f + e));
-  } else if constexpr (RES == 2) {
+  } else if (ep.res_kind == 2) {
     const __m128i r8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(ep.res_u8 + e));
     y = _mm256_add_ps(y, _mm256_div_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r8)), k.res_scale));
   }
-  return y;
-}
-
-__attribute__((always_inline)) inline __m256 epilogue_value8(const Epilogue& ep, const EpilogueConsts8& k,
-                                                             __m256i total, __m256 mult, __m256 bias, int64_t e) {
-  if (ep.res_kind == 1) return epilogue_value8<1>(ep, k, total, mult, bias, e);
-  if (ep.res_kind == 2) return epilogue_value8<2>(ep, k, total, mult, bias, e);
-  return epilogue_value8<0>(ep, k, total, mult, bias, e);
-}
-
-// Requantized codes of 8 values, as int32 in [0, 255]. As in epilogue_vec: ReLU is implied by the clamp
-// (out_zero >= 2^(k-1)); max(v, qmin) maps NaN to qmin.
-__attribute__((always_inline)) inline __m256i requant8(const EpilogueConsts8& k, __m256 y) {
-  __m256 v = _mm256_sub_ps(_mm256_mul_ps(k.out_scale, y), k.out_zero);
-  v = _mm256_min_ps(_mm256_max_ps(v, k.qmin), k.qmax);
-  return _mm256_add_epi32(_mm256_cvtps_epi32(v), k.out_zero_int);
-}
-
-// 8 channels (all valid) at element index e.
-__attribute__((always_inline)) inline void epilogue_vec8(const Epilogue& ep, const EpilogueConsts8& k, __m256i total,
-                                                          __m256 mult, __m256 bias, int64_t e) {
-  __m256 y = epilogue_value8(ep, k, total, mult, bias, e);
   if (ep.out_bits == 0) {
     if (ep.relu) y = _mm256_max_ps(_mm256_setzero_ps(), y);  // NaN and -0.0 pass, as in torch.relu
     _mm256_storeu_ps(ep.out_f + e, y);
     return;
   }
-  const __m256i codes = requant8(k, y);
+  // As in epilogue_vec: ReLU is implied by the clamp (out_zero >= 2^(k-1)); max(v, qmin) maps NaN to qmin.
+  __m256 v = _mm256_sub_ps(_mm256_mul_ps(k.out_scale, y), k.out_zero);
+  v = _mm256_min_ps(_mm256_max_ps(v, k.qmin), k.qmax);
+  const __m256i codes = _mm256_add_epi32(_mm256_cvtps_epi32(v), k.out_zero_int);  // in [0, 255]
   const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1));
   _mm_storel_epi64(reinterpret_cast<__m128i*>(ep.out_u8 + e), _mm_packus_epi16(w16, w16));
 }
@@ -585,7 +565,7 @@ __attribute__((always_inline)) inline void epilogue_block16(const Tile& t, const
     for (int i = 0; i < 2 * P; ++i) y[i / 2][i % 2] = _mm256_add_ps(y[i / 2][i % 2], r[i / 2][i % 2]);
   }
   if constexpr (CODES) {
-    // As in requant8: ReLU is implied by the clamp (out_zero >= 2^(k-1)); max(v, qmin) maps NaN to qmin.
+    // As in epilogue_vec8: ReLU is implied by the clamp (out_zero >= 2^(k-1)); max(v, qmin) maps NaN to qmin.
 #pragma GCC unroll 16
     for (int i = 0; i < 2 * P; ++i) y[i / 2][i % 2] = _mm256_mul_ps(k.out_scale, y[i / 2][i % 2]);
 #pragma GCC unroll 16
@@ -804,7 +784,8 @@ TileKernels tile_kernels(const Packed& pk, int x_max) {
     return {avx2_tile_fns(false, pk.K4 <= flush), kMaxPAvx2, flush};
   }
   const int64_t nib = 2 * std::max<int64_t>(std::min<int64_t>(mx, 15), mx >> 4) * mw;  // <= 2 * 15 * 128
-  return {avx2_tile_fns(true, pk.K4 <= 32767 / nib), kMaxPAvx2Split, 32767 / nib};
+  const int64_t flush = 32767 / nib;
+  return {avx2_tile_fns(true, pk.K4 <= flush), kMaxPAvx2Split, flush};
 #else
   (void)x_max;
   TORCH_CHECK(false, "int_conv2d: no blocked kernel for this ISA");
