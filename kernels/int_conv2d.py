@@ -243,6 +243,25 @@ def _check_launch(x, weight, weight_zero, out_mult, out_bias, residual, groups, 
         raise ValueError(f"weight: {cg * kh * kw} taps per output exceed the int32 accumulator's bound ({MAX_K})")
 
 
+def launch_output(x: torch.Tensor, out_shape, out_bits: int) -> torch.Tensor:
+    """The op's output for a launcher: uint8 codes (out_bits 2..8) or float32 (0), in the op's output layout."""
+    if not 0 <= out_bits <= 8 or out_bits == 1:
+        raise ValueError(f"out_bits: expected 0 or 2..8, got {out_bits}")
+    fmt = torch.channels_last if int_conv2d_output_channels_last(x) else torch.contiguous_format
+    return torch.empty(out_shape, dtype=torch.uint8 if out_bits else torch.float32, device=x.device,
+                       memory_format=fmt)
+
+
+def epilogue_operands(out_mult: torch.Tensor, out_bias: torch.Tensor, residual: Optional[torch.Tensor],
+                      out: torch.Tensor):
+    """The epilogue's kernel arguments: flat per-channel mult and bias, the residual kind, and the residual tensor
+    (`out` where there is none: a valid pointer, never read)."""
+    res_kind = (RESIDUAL_NONE if residual is None
+                else (RESIDUAL_CODES if residual.dtype == torch.uint8 else RESIDUAL_FLOAT))
+    res = residual if residual is not None else out
+    return out_mult.reshape(-1).contiguous(), out_bias.reshape(-1).contiguous(), res_kind, res
+
+
 def conv_output_shape(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation) -> tuple:
     """``(N, O, Ho, Wo)`` of a convolution of ``x`` [N, C, H, W] with ``weight`` [O, C/g, kh, kw]."""
     n, _, h, w = x.shape
@@ -266,19 +285,12 @@ def int_conv2d(
     out_shape = conv_output_shape(x, weight, stride, padding, dilation)
     ho, wo = out_shape[2:]
     _check_launch(x, weight, weight_zero, out_mult, out_bias, residual, groups, out_shape)
-    if not 0 <= out_bits <= 8 or out_bits == 1:
-        raise ValueError(f"out_bits: expected 0 or 2..8, got {out_bits}")
-    fmt = torch.channels_last if int_conv2d_output_channels_last(x) else torch.contiguous_format
-    out = torch.empty(out_shape, dtype=torch.uint8 if out_bits else torch.float32, device=x.device,
-                      memory_format=fmt)
+    out = launch_output(x, out_shape, out_bits)
     if out.numel() == 0:
         return out
     zero_arg = weight_zero  # the caller's tensor object: the key of the zero-point bound cache
     weight_zero = weight_zero.reshape(-1).contiguous()
-    out_mult = out_mult.reshape(-1).contiguous()
-    out_bias = out_bias.reshape(-1).contiguous()
-    res_kind = RESIDUAL_NONE if residual is None else (RESIDUAL_CODES if residual.dtype == torch.uint8 else RESIDUAL_FLOAT)
-    res = residual if residual is not None else out  # never read without a residual
+    out_mult, out_bias, res_kind, res = epilogue_operands(out_mult, out_bias, residual, out)
     wide = max(x.numel(), out.numel(), res.numel()) + 2**20 >= INT32_LIMIT
     n_pixels = n * ho * wo
     cout_g = o // groups

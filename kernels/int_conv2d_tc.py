@@ -43,8 +43,6 @@ import torch
 import triton
 import triton.language as tl
 
-from adadfq_fast.reference import int_conv2d_output_channels_last
-
 from ._common import INT32_LIMIT, next_pow2
 from .int_conv2d import _epilogue_store, _memo_get, _memo_put, _pixels
 
@@ -309,19 +307,11 @@ def int_conv2d(
     folded, wsum = folded_weight(weight, weight_zero)
     if folded is None:
         return _base.int_conv2d(*args)
-    if not 0 <= out_bits <= 8 or out_bits == 1:
-        raise ValueError(f"out_bits: expected 0 or 2..8, got {out_bits}")
-    fmt = torch.channels_last if int_conv2d_output_channels_last(x) else torch.contiguous_format
-    out = torch.empty(out_shape, dtype=torch.uint8 if out_bits else torch.float32, device=x.device,
-                      memory_format=fmt)
+    out = _base.launch_output(x, out_shape, out_bits)
     if out.numel() == 0:
         return out
     xn = _as_nhwc(x)
-    out_mult = out_mult.reshape(-1).contiguous()
-    out_bias = out_bias.reshape(-1).contiguous()
-    res_kind = (_base.RESIDUAL_NONE if residual is None
-                else (_base.RESIDUAL_CODES if residual.dtype == torch.uint8 else _base.RESIDUAL_FLOAT))
-    res = residual if residual is not None else out  # never read without a residual
+    out_mult, out_bias, res_kind, res = _base.epilogue_operands(out_mult, out_bias, residual, out)
     n_pixels = n * ho * wo
     wide = max(x.numel(), out.numel(), res.numel(), n_pixels * o) + 2**20 >= INT32_LIMIT
     epilogue = (

@@ -85,3 +85,41 @@ def int_conv_weights(o: int, cg: int, kh: int, kw: int, bits: int, device="cpu")
 def int_conv_epilogue(o: int, device="cpu"):
     """int_conv2d test epilogue: per-channel out_mult (small positive) and out_bias."""
     return (torch.rand(o) * 0.02 + 1e-3).to(device), torch.randn(o).to(device)
+
+
+def int_conv_args(x, q, z, stride, padding, dilation, groups, mult, bias, residual=None, residual_scale=1.0,
+                  relu=False, out_bits=0, out_scale=1.0, out_zero=0.0):
+    """The positional arguments of int_conv2d (its schema: int stride/padding/dilation as pairs, floats as float)."""
+    pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
+    return (x, q, z, pair(stride), pair(padding), pair(dilation), groups, mult, bias, residual, float(residual_scale),
+            relu, out_bits, float(out_scale), float(out_zero))
+
+
+def assert_int_conv_matches_reference(got, args):
+    """got = int_conv2d(*args) on any device: the reference's bytes, dtype, shape and output memory format."""
+    from adadfq_fast import reference as ref
+
+    want = ref.int_conv2d_forward(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert torch.equal(got.cpu(), want), (got.cpu().float() - want.float()).abs().max()
+    fmt = torch.channels_last if ref.int_conv2d_output_channels_last(args[0]) else torch.contiguous_format
+    assert got.is_contiguous(memory_format=fmt)
+    return got
+
+
+def check_int_conv_epilogue(run, residual_kind: str, device) -> None:
+    """Every epilogue of int_conv2d (ReLU or not, float32 or 4-bit codes out) with a residual of `residual_kind`
+    ("none", "float", "codes") through `run(*int_conv_args)`, a backend's call that checks against the reference;
+    then the residual in the other memory layout (read through its strides)."""
+    x = torch.randint(0, 16, (2, 16, 6, 6), dtype=torch.uint8).to(device).contiguous(memory_format=torch.channels_last)
+    q, z = int_conv_weights(16, 16, 3, 3, 4, device)
+    mult, bias = int_conv_epilogue(16, device)
+    shape = (2, 16, 6, 6)
+    residual = {"none": None, "float": (torch.randn(shape) * 2).to(device),
+                "codes": torch.randint(0, 16, shape, dtype=torch.uint8).to(device)}[residual_kind]
+    for relu in (False, True):
+        for out_bits in (0, 4):
+            run(x, q, z, 1, 1, 1, 1, mult, bias, residual, 3.7, relu, out_bits, 5.5, 8.0 if out_bits else 0.0)
+    if residual is not None:
+        run(x, q, z, 1, 1, 1, 1, mult, bias, residual.contiguous(memory_format=torch.channels_last), 3.7, True, 4,
+            5.5, 8.0)

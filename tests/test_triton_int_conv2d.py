@@ -4,7 +4,6 @@ Runs on CPU tensors under TRITON_INTERPRET=1 (set by conftest.py without a GPU),
 slow, so shapes are small; the tile constants are lowered with monkeypatch where a path (several K chunks, several
 output-channel blocks, several pixel blocks) would otherwise need a large tensor.
 """
-import os
 
 import pytest
 import torch
@@ -13,9 +12,9 @@ triton = pytest.importorskip("triton")
 
 import adadfq_fast  # noqa: E402
 from adadfq_fast import _backend  # noqa: E402
-from adadfq_fast import reference as ref  # noqa: E402
 
-from helpers import int_conv_epilogue, int_conv_weights, run_gpu_compile_script, import_triton_kernel, triton_device  # noqa: E402
+from helpers import (assert_int_conv_matches_reference, check_int_conv_epilogue, import_triton_kernel,  # noqa: E402
+                     int_conv_args, int_conv_epilogue, int_conv_weights, run_gpu_compile_script, triton_device)
 
 DEVICE = triton_device()
 mod = import_triton_kernel("int_conv2d")
@@ -35,20 +34,11 @@ def _epilogue(o):
     return int_conv_epilogue(o, DEVICE)
 
 
-def _run(x, q, z, stride, padding, dilation, groups, mult, bias, residual=None, residual_scale=1.0, relu=False,
-         out_bits=0, out_scale=1.0, out_zero=0.0):
-    args = (x, q, z, [stride] * 2 if isinstance(stride, int) else list(stride),
-            [padding] * 2 if isinstance(padding, int) else list(padding),
-            [dilation] * 2 if isinstance(dilation, int) else list(dilation), groups, mult, bias, residual,
-            float(residual_scale), relu, out_bits, float(out_scale), float(out_zero))
+def _run(*a, **kw):
+    args = int_conv_args(*a, **kw)
     with adadfq_fast.use_backend("triton"):
         got = adadfq_fast.int_conv2d(*args)
-    want = ref.int_conv2d_forward(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
-    assert got.dtype == want.dtype and got.shape == want.shape
-    assert torch.equal(got.cpu(), want), (got.cpu().float() - want.float()).abs().max()
-    fmt = torch.channels_last if ref.int_conv2d_output_channels_last(x) else torch.contiguous_format
-    assert got.is_contiguous(memory_format=fmt)
-    return got
+    return assert_int_conv_matches_reference(got, args)
 
 
 def test_registered():
@@ -83,18 +73,7 @@ def test_shapes(case):
 
 @pytest.mark.parametrize("residual_kind", ["none", "float", "codes"])
 def test_epilogue(residual_kind):
-    x = _codes((2, 16, 6, 6), 4).contiguous(memory_format=torch.channels_last)
-    q, z = _weights(16, 16, 3, 3, 4)
-    mult, bias = _epilogue(16)
-    shape = (2, 16, 6, 6)
-    residual = {"none": None, "float": (torch.randn(shape) * 2).to(DEVICE),
-                "codes": torch.randint(0, 16, shape, dtype=torch.uint8).to(DEVICE)}[residual_kind]
-    for relu in (False, True):
-        for out_bits in (0, 4):
-            _run(x, q, z, 1, 1, 1, 1, mult, bias, residual, 3.7, relu, out_bits, 5.5, 8.0 if out_bits else 0.0)
-    if residual is not None:  # the residual in the other layout (read through its strides)
-        _run(x, q, z, 1, 1, 1, 1, mult, bias, residual.contiguous(memory_format=torch.channels_last), 3.7, True, 4,
-             5.5, 8.0)
+    check_int_conv_epilogue(_run, residual_kind, DEVICE)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 5, 8])

@@ -6,7 +6,6 @@ Runs on CPU tensors under TRITON_INTERPRET=1 (set by conftest.py without a GPU),
 the interpreter's tile is lowered with monkeypatch where several blocks or K steps are wanted.
 """
 import json
-import os
 
 import pytest
 import torch
@@ -17,7 +16,8 @@ import adadfq_fast  # noqa: E402
 from adadfq_fast import _backend  # noqa: E402
 from adadfq_fast import reference as ref  # noqa: E402
 
-from helpers import int_conv_epilogue, int_conv_weights, run_gpu_compile_script, import_triton_kernel, triton_device  # noqa: E402
+from helpers import (assert_int_conv_matches_reference, check_int_conv_epilogue, import_triton_kernel,  # noqa: E402
+                     int_conv_args, int_conv_epilogue, int_conv_weights, run_gpu_compile_script, triton_device)
 
 DEVICE = triton_device()
 mod = import_triton_kernel("int_conv2d_tc")
@@ -38,31 +38,15 @@ def _epilogue(o):
     return int_conv_epilogue(o, DEVICE)
 
 
-def _args(x, q, z, stride, padding, dilation, groups, mult, bias, residual=None, residual_scale=1.0, relu=False,
-          out_bits=0, out_scale=1.0, out_zero=0.0):
-    pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
-    return (x, q, z, pair(stride), pair(padding), pair(dilation), groups, mult, bias, residual, float(residual_scale),
-            relu, out_bits, float(out_scale), float(out_zero))
-
-
-def _check(got, args):
-    want = ref.int_conv2d_forward(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
-    assert got.dtype == want.dtype and got.shape == want.shape
-    assert torch.equal(got.cpu(), want), (got.cpu().float() - want.float()).abs().max()
-    fmt = torch.channels_last if ref.int_conv2d_output_channels_last(args[0]) else torch.contiguous_format
-    assert got.is_contiguous(memory_format=fmt)
-    return got
-
-
 def _run(*a, config=None, **kw):
     """Through the public op with backend triton_tc (config=None), or the launcher with a forced tile."""
-    args = _args(*a, **kw)
+    args = int_conv_args(*a, **kw)
     if config is None:
         with adadfq_fast.use_backend("triton_tc"):
             got = adadfq_fast.int_conv2d(*args)
     else:
         got = mod.int_conv2d(*args, config=config)
-    return _check(got, args)
+    return assert_int_conv_matches_reference(got, args)
 
 
 def test_registered_with_fallback_for_other_kernels():
@@ -105,18 +89,7 @@ def test_shapes(case):
 
 @pytest.mark.parametrize("residual_kind", ["none", "float", "codes"])
 def test_epilogue(residual_kind):
-    x = _codes((2, 16, 6, 6), 4).contiguous(memory_format=torch.channels_last)
-    q, z = _weights(16, 16, 3, 3)
-    mult, bias = _epilogue(16)
-    shape = (2, 16, 6, 6)
-    residual = {"none": None, "float": (torch.randn(shape) * 2).to(DEVICE),
-                "codes": torch.randint(0, 16, shape, dtype=torch.uint8).to(DEVICE)}[residual_kind]
-    for relu in (False, True):
-        for out_bits in (0, 4):
-            _run(x, q, z, 1, 1, 1, 1, mult, bias, residual, 3.7, relu, out_bits, 5.5, 8.0 if out_bits else 0.0)
-    if residual is not None:  # the residual in the other layout (read through its strides)
-        _run(x, q, z, 1, 1, 1, 1, mult, bias, residual.contiguous(memory_format=torch.channels_last), 3.7, True, 4,
-             5.5, 8.0)
+    check_int_conv_epilogue(_run, residual_kind, DEVICE)
 
 
 @pytest.mark.parametrize("residual_kind", ["none", "float", "codes"])
@@ -160,7 +133,7 @@ def test_int_mm_config_rejected_where_it_cannot_run():
     q, z = _weights(8, 16, 3, 3)
     mult, bias = _epilogue(8)
     with pytest.raises(ValueError, match="config: int_mm runs 1x1"):
-        mod.int_conv2d(*_args(x, q, z, 1, 1, 1, 1, mult, bias), config=mod.INT_MM)
+        mod.int_conv2d(*int_conv_args(x, q, z, 1, 1, 1, 1, mult, bias), config=mod.INT_MM)
 
 
 def test_int_mm_eligibility():
