@@ -24,7 +24,7 @@ from adadfq_fast.deploy import FormatError, UnsupportedModuleError, export, load
 from adadfq_fast.deploy.export import quantize_weight
 from adadfq_fast.deploy.format import MAGIC
 from adadfq_fast.deploy.modules import dequantized_weight
-from adadfq_fast.models import build_model
+from adadfq_fast.models import build_model, measure_bn_statistics
 from adadfq_fast.nn import QuantConv2d, QuantLinear, QuantReLU, freeze_act_ranges, quantize_model
 
 WEIGHTS = os.path.join(os.path.dirname(adadfq_fast.__file__), "weights", "resnet20_fashion_mnist.pt")
@@ -38,13 +38,9 @@ def make_q(cin: int, size: int, bits: int, calib_batch: int = 32) -> nn.Module:
     fp = build_model("resnet20", num_classes=10, in_channels=cin, in_size=(size, size))
     for m in fp.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None  # cumulative average over the calibration batches
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.3, 0.3)
-    fp.train()
-    with torch.no_grad():
-        fp(torch.randn(32, cin, size, size))
-    fp.eval()
+    measure_bn_statistics(fp, torch.randn(32, cin, size, size))
     nn.init.normal_(fp.output.weight, std=0.5)  # spread the logits so that top-1 is meaningful
     q = quantize_model(fp, bits, bits, example_input=torch.zeros(1, cin, size, size)).eval()
     with torch.no_grad():
@@ -346,14 +342,7 @@ def test_pytorchcv_models(name):
     """pytorchcv's ResNet-18 (max pool on codes, projection shortcuts) and MobileNetV2 (ReLU6 absorbed into the
     range, float fallback convs after each linear bottleneck, float residuals, 1x1-conv classifier)."""
     pytest.importorskip("pytorchcv")
-    fp = build_model(name, num_classes=1000, in_size=(224, 224))
-    for m in fp.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-    fp.train()
-    with torch.no_grad():
-        fp(torch.randn(4, 3, 224, 224))
-    fp.eval()
+    fp = measure_bn_statistics(build_model(name, num_classes=1000, in_size=(224, 224)), torch.randn(4, 3, 224, 224))
     q = quantize_model(fp, 8, 8, example_input=torch.zeros(1, 3, 224, 224)).eval()
     with torch.no_grad():
         q(torch.randn(4, 3, 224, 224))

@@ -117,20 +117,13 @@ def test_unsupported_layer_falls_back(models):
 
 def test_pytorchcv_resnet18_with_fused_pool():
     pytest.importorskip("pytorchcv")
-    from torch import nn
-
-    from adadfq_fast.models import build_model
+    from adadfq_fast.models import build_model, measure_bn_statistics
     from adadfq_fast.nn import freeze_act_ranges, quantize_model
 
     torch.manual_seed(3)
-    fp = build_model("resnet18", num_classes=1000, in_size=(224, 224))
-    for m in fp.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-    fp.train()
-    with torch.no_grad():
-        fp(torch.randn(2, 3, 224, 224))
-    q = quantize_model(fp.eval(), 4, 4, example_input=torch.zeros(1, 3, 224, 224)).eval()
+    fp = measure_bn_statistics(build_model("resnet18", num_classes=1000, in_size=(224, 224)),
+                               torch.randn(2, 3, 224, 224))
+    q = quantize_model(fp, 4, 4, example_input=torch.zeros(1, 3, 224, 224)).eval()
     with torch.no_grad():
         q(torch.randn(2, 3, 224, 224))
     im = export(freeze_act_ranges(q))

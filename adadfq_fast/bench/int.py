@@ -51,20 +51,14 @@ WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights", "r
 
 
 def _build_fp(name: str) -> nn.Module:
-    from adadfq_fast.models import build_model
+    from adadfq_fast.models import build_model, measure_bn_statistics
 
     zoo, cin, size, classes, _ = MODELS[name]
     if name == "resnet20_fmnist" and os.path.isfile(WEIGHTS):
         return build_model(zoo, num_classes=classes, in_channels=cin, in_size=size, checkpoint=WEIGHTS)
     fp = build_model(zoo, num_classes=classes, in_channels=cin, in_size=size)
     # Realistic statistics: BN running statistics measured on random images.
-    for m in fp.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-    fp.train()
-    with torch.no_grad():
-        fp(torch.randn(8 if size[0] > 64 else 64, cin, *size))
-    return fp.eval()
+    return measure_bn_statistics(fp, torch.randn(8 if size[0] > 64 else 64, cin, *size))
 
 
 def _build_integer(fp: nn.Module, name: str, bits: int = 4):

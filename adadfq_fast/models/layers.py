@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["bn_layers", "example_input"]
+__all__ = ["bn_layers", "example_input", "measure_bn_statistics"]
 
 
 def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor | None:
@@ -62,3 +62,16 @@ def bn_layers(model: nn.Module, example: torch.Tensor | None = None, trace: bool
         for m, training in modes.items():
             m.training = training
     return order
+
+
+def measure_bn_statistics(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """``model`` in eval mode with every BatchNorm2d's running statistics measured on ``images`` (one training-mode
+    forward, momentum None: the plain average), so that a randomly initialised network normalises its activations
+    as a trained one does. Benchmarks and tests use it in place of pretrained weights."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(images)
+    return model.eval()
